@@ -1,0 +1,20 @@
+"""The fixed set of real English texts used for parity checks, benchmarks and load tests."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+_SENTENCES_FILE = Path(__file__).parent / "data" / "sentences.txt"
+
+
+@cache
+def english_sentences() -> tuple[str, ...]:
+    """42 texts, from a few words to about 230 tokens (MPNet tokenizer)."""
+    lines = _SENTENCES_FILE.read_text(encoding="utf-8").splitlines()
+    return tuple(line.strip() for line in lines if line.strip())
+
+
+def parity_sentences() -> list[str]:
+    """All of them: parity must hold on short and long inputs alike."""
+    return list(english_sentences())

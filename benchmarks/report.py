@@ -1,0 +1,133 @@
+"""results.md, PNG charts and the short table printed at the end of a benchmark run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXERCISE_TITLES = {
+    "ex1": "Ex1: eval modes and autograd",
+    "ex2": "Ex2: torch.compile (CPU)",
+    "ex3": "Ex3: dynamic int8 quantization (torch)",
+    "ex6": "Ex6: ONNX Runtime (online vs offline optimization, int8)",
+    "ex4": "Ex4: GPU placement, pinned memory, fp16 / bf16 / autocast",
+    "ex5": "Ex5: torch.compile modes on GPU",
+}
+
+
+def _fmt(value, pattern="{:.2f}", missing="-"):
+    return missing if value is None else pattern.format(value)
+
+
+def _input_order(results: dict) -> list[str]:
+    return [i["name"] for i in results["header"]["inputs"]]
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    h = results["header"]
+    lines = [
+        f"# Benchmark: {h['model']}",
+        "",
+        f"- created {h['created_at']}; CPU {h['hardware']['cpu']} ({h['hardware']['logical_cores']} logical cores, "
+        f"{', '.join(h['hardware']['isa']) or 'ISA unknown'}); **{h['threads']} threads**",
+        f"- model: {h['model_info'].get('model_type')}, {h['model_info'].get('num_hidden_layers')} layers, "
+        f"dim {h['model_info']['dimension']}, {h['model_info']['pooling']} pooling, normalize={h['model_info']['normalize']}",
+        f"- runs per measurement: {h['runs']} (after {h['warmup']} warm-up calls"
+        + (f"; capped at {h['time_budget_s']} s per measurement, actual runs in the table" if h.get("time_budget_s") else "")
+        + ")",
+        "- inputs: " + "; ".join(f"`{i['name']}` = {i['batch_size']} x {i['seq_len']} tokens ({i['real_tokens']} real)" for i in h["inputs"]),
+        f"- speedup: median of the baseline / median of the variant; baseline = {h['baseline']}",
+        f"- fidelity: {h['fidelity']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items() if v),
+        "",
+    ]
+    by_exercise: dict[str, list[dict]] = {}
+    for r in results["records"]:
+        by_exercise.setdefault(r["exercise"], []).append(r)
+    for exercise, records in by_exercise.items():
+        lines += [f"## {EXERCISE_TITLES.get(exercise, exercise)}", ""]
+        skipped = [r for r in records if r["skipped"]]
+        measured = [r for r in records if not r["skipped"]]
+        if measured:
+            lines += ["| variant | device | input | batch x seq | median ms | mean ms | p95 ms | speedup | min cos | runs |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            for r in measured:
+                lines.append(
+                    f"| {r['variant']} | {r['device']} | {r['input']} | {r['batch_size']} x {r['seq_len']} | "
+                    f"{_fmt(r['median_ms'])} | {_fmt(r['mean_ms'])} | {_fmt(r['p95_ms'])} | "
+                    f"{_fmt(r['speedup'], '{:.2f}x')} | {_fmt(r['min_cosine'], '{:.4f}')} | {r['runs']} |"
+                )
+            lines.append("")
+        if skipped:
+            variants = sorted({r["variant"] for r in skipped})
+            lines += [f"Skipped ({skipped[0]['skipped']}): {', '.join(variants)}", ""]
+    extras = results.get("extras", {})
+    if "int8_module_example" in extras:
+        ex = extras["int8_module_example"]
+        sizes = extras["state_dict_bytes"]
+        lines += ["## Ex3 details", "", f"Printed module `{ex['name']}` ({ex['class']}):", "", "```", ex["printed"], "```", "",
+                  f"state_dict on disk: fp32 {sizes['fp32'] / 1e6:.1f} MB, int8 {sizes['int8'] / 1e6:.1f} MB "
+                  f"({sizes['ratio']}x smaller)", ""]
+    if "compile_cpu" in extras:
+        lines += ["## Ex2 details: compile + first call per input size (in order)", "", "| input | first call ms | graphs compiled |", "|---|---|---|"]
+        lines += [f"| {c['input']} | {c['first_call_ms']:.0f} | {c['graphs_compiled']} |" for c in extras["compile_cpu"]]
+        lines += ["", "A size change after the first compile triggers a recompilation (a graph with dynamic shapes); later sizes reuse it.", ""]
+    if "onnx_cold_start_ms" in extras:
+        lines += ["## Ex6 details: cold start (session creation + first inference, median ms)", ""]
+        lines += [f"- {k}: {v:.0f} ms" for k, v in extras["onnx_cold_start_ms"].items()]
+        lines.append("")
+    if "tensor_cores" in extras:
+        lines += ["## Tensor Core check", "", "```", str(extras["tensor_cores"]), "```", ""]
+    lines += ["## Charts", "", "![median latency](median_ms.png)", "", "![speedup](speedup.png)", ""]
+    path.write_text("\n".join(lines))
+
+
+def summary_table(results: dict) -> str:
+    inputs = _input_order(results)
+    rows: dict[tuple[str, str, str], dict] = {}
+    for r in results["records"]:
+        if r["skipped"]:
+            continue
+        rows.setdefault((r["exercise"], r["variant"], r["device"]), {})[r["input"]] = r
+    header = f"{'exercise':<5} {'variant':<34} {'dev':<4}" + "".join(f" {name + ' ms':>14} {'x':>6}" for name in inputs) + f" {'min cos':>8}"
+    lines = [header, "-" * len(header)]
+    for (exercise, variant, device), per_input in rows.items():
+        cells = ""
+        for name in inputs:
+            r = per_input.get(name)
+            cells += f" {_fmt(r and r['median_ms'], '{:14.2f}', f'{chr(45):>14}')} {_fmt(r and r['speedup'], '{:6.2f}', f'{chr(45):>6}')}"
+        cos_values = [r["min_cosine"] for r in per_input.values() if r["min_cosine"] is not None]
+        cos = f"{min(cos_values):8.4f}" if cos_values else f"{'-':>8}"
+        lines.append(f"{exercise:<5} {variant:<34} {device:<4}{cells} {cos}")
+    skipped = sorted({r["variant"] for r in results["records"] if r["skipped"]})
+    if skipped:
+        lines.append(f"skipped: {', '.join(skipped)}")
+    return "\n".join(lines)
+
+
+def write_charts(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    inputs = _input_order(results)
+    measured = [r for r in results["records"] if not r["skipped"] and not r["variant"].endswith(("_first_call", "_cold_start"))]
+    variants = list(dict.fromkeys(f"{r['variant']} ({r['device']})" for r in measured))
+    for metric, filename, ylabel, log in (("median_ms", "median_ms.png", "median latency (ms, log scale)", True),
+                                          ("speedup", "speedup.png", "speedup vs no optimizations (x)", False)):
+        fig, axes = plt.subplots(1, len(inputs), figsize=(6 * len(inputs), 0.35 * len(variants) + 2.5), squeeze=False)
+        for ax, name in zip(axes[0], inputs):
+            values = {f"{r['variant']} ({r['device']})": r[metric] for r in measured if r["input"] == name}
+            labels = [v for v in variants if values.get(v) is not None]
+            ax.barh(labels, [values[v] for v in labels], color="#4c72b0")
+            ax.invert_yaxis()
+            ax.set_title(name)
+            ax.set_xlabel(ylabel)
+            if log:
+                ax.set_xscale("log")
+            if metric == "speedup":
+                ax.axvline(1.0, color="grey", linewidth=0.8)
+        fig.suptitle(f"{results['header']['model']} - {results['header']['threads']} threads")
+        fig.tight_layout()
+        fig.savefig(out / filename, dpi=90)
+        plt.close(fig)

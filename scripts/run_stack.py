@@ -1,0 +1,83 @@
+"""make run: build artifacts if missing, start both services and the Locust web UI; Ctrl-C stops them all.
+
+    python scripts/run_stack.py --model M [--artifacts DIR] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from loadtest.processes import is_healthy  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=os.environ.get("MODEL", "sentence-transformers/multi-qa-mpnet-base-cos-v1"))
+    parser.add_argument("--artifacts", type=Path, default=None, help="default: artifacts/<model name>")
+    parser.add_argument("--threads", type=int, default=None, help="model threads per service (default: all cores)")
+    parser.add_argument("--torch-port", type=int, default=8001)
+    parser.add_argument("--onnx-port", type=int, default=8002)
+    parser.add_argument("--locust-port", type=int, default=8089)
+    args = parser.parse_args()
+    artifacts = args.artifacts or REPO / "artifacts" / Path(args.model.rstrip("/")).name
+    if not (artifacts / "manifest.json").is_file():
+        print(f"building artifacts for {args.model} into {artifacts} ...", flush=True)
+        built = subprocess.run([sys.executable, "-m", "build_artifacts", "--model", args.model, "--out", str(artifacts)],
+                               cwd=REPO)
+        if built.returncode != 0:
+            return built.returncode
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    torch_url, onnx_url = f"http://127.0.0.1:{args.torch_port}", f"http://127.0.0.1:{args.onnx_port}"
+    commands = {
+        "torch_api": [sys.executable, "-m", "services.torch_api", "--artifacts", str(artifacts),
+                      "--port", str(args.torch_port), *threads],
+        "onnx_api": [sys.executable, "-m", "services.onnx_api", "--artifacts", str(artifacts),
+                     "--port", str(args.onnx_port), *threads],
+        "locust": [sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"),
+                   "--web-host", "127.0.0.1", "--web-port", str(args.locust_port)],
+    }
+    env = {**os.environ, "TORCH_API_URL": torch_url, "ONNX_API_URL": onnx_url}
+    processes = {name: subprocess.Popen(cmd, cwd=REPO, env=env) for name, cmd in commands.items()}
+    try:
+        print(f"waiting for warm-up (torch.compile can take a minute or two) ...", flush=True)
+        pending = {"torch_api": torch_url, "onnx_api": onnx_url}
+        while pending:
+            for name, url in list(pending.items()):
+                if is_healthy(url):
+                    print(f"{name} ready: {url}  (POST /embed, POST /v1/embeddings, /health, /info, /metrics)", flush=True)
+                    del pending[name]
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    print(f"{name} exited with {process.returncode}; stopping the rest", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+        print(f"Locust web UI: http://127.0.0.1:{args.locust_port}  (TorchApiUser -> {torch_url}, OnnxApiUser -> {onnx_url})")
+        print("Ctrl-C stops everything.", flush=True)
+        while all(p.poll() is None for p in processes.values()):
+            time.sleep(1)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+        return 0
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

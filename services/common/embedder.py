@@ -1,0 +1,103 @@
+"""The one interface each service implements: texts -> float32 array, warm-up, info."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from build_artifacts.manifest import ArtifactError, load_manifest, verify_artifact
+from build_artifacts.similarity import l2_normalize
+from build_artifacts.tokenization import TextTokenizer
+
+WARMUP_TEXTS = ["warm up", "A longer sentence that warms up the kernels for a second, wider shape of input."]
+
+
+class Embedder(ABC):
+    """Tokenizes and runs one artifact variant. Subclasses implement `load` and `_forward`."""
+
+    runtime: str = ""
+    #: variants of this runtime, fastest first; "auto" serves the first that passes parity
+    variants_fastest_first: tuple[str, ...] = ()
+
+    def __init__(self, artifacts_dir: Path, variant: str = "auto", threads: int | None = None):
+        self.artifacts_dir = Path(artifacts_dir)
+        self.manifest = load_manifest(self.artifacts_dir)
+        self.variant = self.select_variant(variant)
+        self.threads = threads
+        model = self.manifest["model"]
+        self.dimension: int = model["dimension"]
+        self.max_tokens: int = model["max_seq_length"]
+        self.normalize_default: bool = model["normalize"]
+        self.tokenizer: TextTokenizer | None = None
+
+    def select_variant(self, requested: str) -> str:
+        artifacts = self.manifest.get("artifacts", {})
+        if requested != "auto":
+            if requested not in self.variants_fastest_first:
+                raise ArtifactError(f"Variant '{requested}' is not served by {self.runtime} "
+                                    f"(choose from: auto, {', '.join(self.variants_fastest_first)}).")
+            if requested not in artifacts:
+                raise ArtifactError(f"Variant '{requested}' is not in {self.artifacts_dir}/manifest.json.")
+            if not artifacts[requested]["parity"]["passes_parity"]:
+                p = artifacts[requested]["parity"]
+                raise ArtifactError(f"Variant '{requested}' fails parity (min cosine {p['min_cosine']:.4f} < "
+                                    f"{p['threshold']}): refusing to serve it.")
+            return requested
+        for name in self.variants_fastest_first:
+            if name in artifacts and artifacts[name]["parity"]["passes_parity"]:
+                return name
+        raise ArtifactError(f"No {self.runtime} variant in {self.artifacts_dir} passes parity.")
+
+    def verify(self) -> None:
+        """sha256 of the served variant and the tokenizer against the manifest (raises ArtifactError)."""
+        verify_artifact(self.artifacts_dir, self.manifest, self.variant)
+        for entry in self.manifest["tokenizer"]["files"]:
+            verify_artifact(self.artifacts_dir, {"artifacts": {"tokenizer": {"files": [entry]}}}, "tokenizer")
+
+    def load(self) -> None:
+        self.tokenizer = TextTokenizer(self.artifacts_dir / self.manifest["tokenizer"]["path"], self.max_tokens)
+        self._load_model()
+
+    @abstractmethod
+    def _load_model(self) -> None: ...
+
+    @abstractmethod
+    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Pooled, not normalized, float32 [batch, dimension]."""
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return self.tokenizer.count_tokens(texts)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Texts -> pooled embeddings (float32), truncated at max_tokens, not normalized."""
+        batch = self.tokenizer.encode(texts)
+        return np.asarray(self._forward(batch.input_ids, batch.attention_mask), dtype=np.float32)
+
+    def warmup(self) -> None:
+        for _ in range(2):
+            self.embed(WARMUP_TEXTS[:1])
+            self.embed(WARMUP_TEXTS)
+
+    def info(self) -> dict:
+        record = self.manifest["artifacts"][self.variant]
+        return {
+            "model": self.manifest["model"]["source"],
+            "runtime": self.runtime,
+            "variant": self.variant,
+            "precision": record["precision"],
+            "parity": record["parity"],
+            "dimension": self.dimension,
+            "max_tokens": self.max_tokens,
+            "pooling": self.manifest["model"]["pooling"],
+            "normalize_default": self.normalize_default,
+            "threads": self.threads,
+        }
+
+
+def normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    return l2_normalize(vectors).astype(np.float32)
+
+
+__all__ = ["ArtifactError", "Embedder", "normalize_rows"]

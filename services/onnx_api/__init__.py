@@ -1,0 +1,1 @@
+"""ONNX Runtime embedding service: no torch, no transformers (onnxruntime, tokenizers, numpy)."""

@@ -1,0 +1,140 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from build_artifacts import torch_runtime
+from build_artifacts.build import BuildError, build
+from build_artifacts.corpus import english_sentences
+from build_artifacts.manifest import ArtifactError, load_manifest, verify_artifact
+from build_artifacts.model_loading import PoolingSpec
+from build_artifacts.onnx_runner import OnnxSentenceRunner
+from build_artifacts.similarity import rowwise_cosine
+from build_artifacts.tokenization import TextTokenizer
+
+from .conftest import REPO
+
+VARIANTS = {"torch_fp32", "torch_int8", "onnx_fp32", "onnx_optimized", "onnx_int8"}
+
+
+def test_manifest_describes_every_artifact_with_hash_versions_and_parity(minilm_artifacts):
+    manifest = load_manifest(minilm_artifacts)
+    assert set(manifest["artifacts"]) == VARIANTS
+    assert manifest["model"]["dimension"] == 384
+    assert manifest["parity"]["texts"] >= 20
+    assert manifest["tools"]["torch"].startswith("2.13") and manifest["tools"]["onnxruntime"]
+    for name, record in manifest["artifacts"].items():
+        assert record["bytes"] > 1_000_000, name
+        for entry in record["files"]:
+            assert len(entry["sha256"]) == 64
+        verify_artifact(minilm_artifacts, manifest, name)
+        parity = record["parity"]
+        assert parity["passes_parity"] == (parity["min_cosine"] >= 0.99)
+        assert -1.0 <= parity["min_cosine"] <= parity["mean_cosine"] <= 1.0 + 1e-6
+
+
+def test_fp32_onnx_and_offline_optimized_graph_are_faithful_on_real_weights(minilm_artifacts):
+    artifacts = load_manifest(minilm_artifacts)["artifacts"]
+    for name in ("torch_fp32", "onnx_fp32", "onnx_optimized"):
+        assert artifacts[name]["parity"]["min_cosine"] > 0.9999, name
+        assert artifacts[name]["parity"]["passes_parity"]
+
+
+def test_onnx_export_has_dynamic_batch_and_sequence_axes(minilm_artifacts):
+    model = onnx.load(str(minilm_artifacts / "onnx" / "model.onnx"), load_external_data=False)
+    assert max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= 17
+    for graph_input in model.graph.input:
+        dims = graph_input.type.tensor_type.shape.dim
+        assert [d.dim_param for d in dims] == ["batch", "sequence"], graph_input.name
+
+
+def test_onnx_matches_torch_at_shapes_other_than_the_export_sample(minilm_artifacts, minilm_dir):
+    manifest = load_manifest(minilm_artifacts)
+    pooling = PoolingSpec(mode="mean", normalize=True, max_seq_length=manifest["model"]["max_seq_length"])
+    tokenizer = TextTokenizer(minilm_artifacts / "tokenizer" / "tokenizer.json", pooling.max_seq_length)
+    encoder = torch_runtime.load_fp32(minilm_dir, pooling)
+    offline = OnnxSentenceRunner(minilm_artifacts / "onnx" / "model.optimized.onnx", threads=2, optimize=False)
+    for texts in (["Hi"], ["Dinner is ready.", english_sentences()[-1], "Paris is the capital of France."]):
+        batch = tokenizer.encode(texts)
+        expected = torch_runtime.embed(encoder, batch.input_ids, batch.attention_mask)
+        actual = offline.run(batch.input_ids, batch.attention_mask)
+        assert actual.shape == expected.shape
+        assert rowwise_cosine(actual, expected).min() > 0.9999
+        assert np.abs(actual - expected).max() < 1e-3
+
+
+def test_int8_onnx_holds_integer_matmuls(minilm_artifacts):
+    model = onnx.load(str(minilm_artifacts / "onnx" / "model.int8.onnx"))
+    ops = {node.op_type for node in model.graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    assert "DynamicQuantizeLinear" not in {n.op_type for n in onnx.load(str(minilm_artifacts / "onnx" / "model.onnx")).graph.node}
+
+
+def test_torch_int8_loads_with_weights_only_and_holds_dynamic_quantized_linear(minilm_artifacts):
+    import torch
+
+    state = torch.load(minilm_artifacts / "torch_int8" / "model_int8.pt", weights_only=True)
+    assert any(isinstance(v, torch.dtype) or getattr(v, "is_quantized", False) for v in state.values()) or any(
+        isinstance(v, tuple) for v in state.values())
+    model = torch_runtime.load_quantized(minilm_artifacts / "torch_int8", PoolingSpec())
+    assert "DynamicQuantizedLinear" in repr(model)
+    assert "in_features=384" in repr(model)
+
+
+def test_corrupt_artifact_is_detected(minilm_artifacts, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(minilm_artifacts, copy)
+    manifest = load_manifest(copy)
+    target = copy / manifest["artifacts"]["onnx_optimized"]["files"][0]["path"]
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="corrupt"):
+        verify_artifact(copy, manifest, "onnx_optimized")
+    target.unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        verify_artifact(copy, manifest, "onnx_optimized")
+
+
+def test_mpnet_architecture_exports_quantizes_and_optimizes(tiny_mpnet_dir, tmp_path):
+    manifest = build(str(tiny_mpnet_dir), tmp_path / "out", threads=2)
+    assert manifest["model"]["model_type"] == "mpnet"
+    assert set(manifest["artifacts"]) == VARIANTS
+    for name in ("torch_fp32", "onnx_fp32", "onnx_optimized"):
+        assert manifest["artifacts"][name]["parity"]["min_cosine"] > 0.9999, name
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == manifest
+
+
+def test_existing_out_is_refused_without_force_and_replaced_with_it(tiny_mpnet_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(BuildError, match="--force"):
+        build(str(tiny_mpnet_dir), out)
+    assert (out / "keep.txt").read_text() == "mine"
+    build(str(tiny_mpnet_dir), out, force=True, threads=2)
+    assert (out / "manifest.json").is_file() and not (out / "keep.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_refuses_to_write_into_the_model_folder(tiny_mpnet_dir):
+    result = subprocess.run([sys.executable, "-m", "build_artifacts", "--model", str(tiny_mpnet_dir),
+                             "--out", str(tiny_mpnet_dir / "artifacts")], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "model's own folder" in result.stderr
+    assert not (tiny_mpnet_dir / "artifacts").exists()
+
+
+@pytest.mark.parametrize("error", [RuntimeError("export blew up"), KeyboardInterrupt()])
+def test_failed_or_interrupted_build_leaves_nothing(tiny_mpnet_dir, tmp_path, monkeypatch, error):
+    def failing_export(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch_runtime, "export_onnx", failing_export)
+    with pytest.raises(type(error)):
+        build(str(tiny_mpnet_dir), tmp_path / "out", threads=2)
+    assert list(tmp_path.iterdir()) == []

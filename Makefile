@@ -8,7 +8,7 @@ OFFLINE_MODEL ?= models/all-mpnet-base-v2
 THREADS ?= 2
 RUNS ?= 100
 
-.PHONY: setup models models-small test benchmark artifacts run loadtest clean
+.PHONY: setup models models-small test benchmark artifacts run loadtest docker-e2e clean
 
 setup: $(VENV)/.setup-stamp
 
@@ -49,3 +49,7 @@ LOADTEST_ARGS ?=
 loadtest: setup
 	$(PY) -m loadtest.report --artifacts $(LOADTEST_ARTIFACTS) $(if $(TORCH_URL),--torch-url $(TORCH_URL)) \
 		$(if $(ONNX_URL),--onnx-url $(ONNX_URL)) $(LOADTEST_ARGS)
+
+# The compose stack on this machine (installs/starts Docker if needed, host networking), checked and torn down.
+docker-e2e: setup
+	bash scripts/docker_e2e.sh

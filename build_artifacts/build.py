@@ -263,6 +263,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Hugging Face id or local model folder (env MODEL; default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="artifact folder to create")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="exit 0 without building when --out already holds a manifest for this --model")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime (default: all)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     args = parser.parse_args(argv)
@@ -273,6 +275,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.skip_existing and (args.out / MANIFEST_FILE).is_file():
+        from .manifest import load_manifest
+
+        existing = load_manifest(args.out)
+        if existing.get("model", {}).get("source") == args.model:
+            print(f"{args.out} already holds artifacts for {args.model}: nothing to do")
+            return 0
+        if not args.force:
+            print(f"error: {args.out} holds artifacts for {existing.get('model', {}).get('source')}, not {args.model}; "
+                  "pass --force to rebuild", file=sys.stderr)
+            return 2
     try:
         manifest = build(args.model, args.out, force=args.force, threads=args.threads, opset=args.opset)
     except (ModelUnavailableError, BuildError) as exc:

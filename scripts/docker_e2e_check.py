@@ -1,0 +1,137 @@
+"""Checks for make docker-e2e once the stack is up: readiness, parity of both /embed, image sizes,
+response time over sequential requests (lab Ex6.4). Writes results/docker-e2e.json and prints a table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.http_overhead import sequential_latency  # noqa: E402
+from build_artifacts.corpus import parity_sentences  # noqa: E402
+from loadtest.processes import is_healthy  # noqa: E402
+
+
+def wait_until_healthy(urls: dict[str, str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = dict(urls)
+    while pending:
+        for name, url in list(pending.items()):
+            if is_healthy(url):
+                print(f"{name} healthy at {url}", flush=True)
+                del pending[name]
+        if time.monotonic() > deadline:
+            raise SystemExit(f"not healthy after {timeout_s} s: {', '.join(pending)}")
+        time.sleep(2)
+
+
+def post_embed(url: str, texts: list[str]):
+    import numpy as np
+
+    request = urllib.request.Request(f"{url}/embed", data=json.dumps({"inputs": texts}).encode(),
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return np.asarray(json.loads(response.read()), dtype=np.float32)
+
+
+def reference_embeddings(model_dir: Path, texts: list[str]):
+    from build_artifacts import torch_runtime
+    from build_artifacts.model_loading import read_pooling_spec
+    from build_artifacts.similarity import l2_normalize
+    from build_artifacts.tokenization import TextTokenizer
+
+    torch_runtime.quiet_libraries()
+    pooling = read_pooling_spec(model_dir)
+    encoder = torch_runtime.load_fp32(model_dir, pooling)
+    tokenizer = TextTokenizer(model_dir / "tokenizer.json", pooling.max_seq_length)
+    rows = [torch_runtime.embed(encoder, *_encode(tokenizer, texts[i:i + 8])) for i in range(0, len(texts), 8)]
+    import numpy as np
+
+    return l2_normalize(np.concatenate(rows))
+
+
+def _encode(tokenizer, texts):
+    batch = tokenizer.encode(texts)
+    return batch.input_ids, batch.attention_mask
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--torch-url", required=True)
+    parser.add_argument("--onnx-url", required=True)
+    parser.add_argument("--locust-url", default=None)
+    parser.add_argument("--model", type=Path, required=True, help="local model folder for the fp32 reference")
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--images", nargs="+", default=[], help="service=image pairs")
+    parser.add_argument("--timeout-s", type=float, default=1200)
+    parser.add_argument("--out", type=Path, default=Path("results/docker-e2e.json"))
+    args = parser.parse_args()
+    urls = {"torch_api": args.torch_url, "onnx_api": args.onnx_url}
+    wait_until_healthy(urls, args.timeout_s)
+    if args.locust_url:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(args.locust_url, timeout=5) as response:
+                    print(f"locust web UI answers {response.status} at {args.locust_url}")
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("locust web UI did not answer") from None
+                time.sleep(2)
+
+    texts = parity_sentences()
+    reference = reference_embeddings(args.model, texts)
+    parity, infos = {}, {}
+    vectors = {}
+    for name, url in urls.items():
+        with urllib.request.urlopen(f"{url}/info", timeout=10) as response:
+            infos[name] = json.loads(response.read())
+        vectors[name] = post_embed(url, texts)
+        cosines = (vectors[name] * reference).sum(axis=1)
+        parity[name] = {"variant": infos[name]["variant"], "min_cosine": round(float(cosines.min()), 6),
+                        "mean_cosine": round(float(cosines.mean()), 6)}
+    between = (vectors["torch_api"] * vectors["onnx_api"]).sum(axis=1)
+    parity["torch_vs_onnx_min_cosine"] = round(float(between.min()), 6)
+
+    images = {}
+    for pair in args.images:
+        service, image = pair.split("=", 1)
+        size = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", image], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        images[service] = int(size)
+    response_ms = {}
+    for name, url in urls.items():
+        stats = sequential_latency(url, args.requests)
+        response_ms[name] = {"mean": stats["mean"], "median": stats["median"], "p95": stats["p95"]}
+
+    result = {"images": images, "response_ms": response_ms, "parity": parity, "requests": args.requests,
+              "model": str(args.model), "variants": {n: i["variant"] for n, i in infos.items()},
+              "threads": {n: i.get("threads") for n, i in infos.items()}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"\n{'service':<10} {'variant':<15} {'image MB':>9} {'mean ms':>8} {'median':>8} {'p95':>8} {'min cos':>8}")
+    for name in urls:
+        r = response_ms[name]
+        print(f"{name:<10} {infos[name]['variant']:<15} {images.get(name, 0) / 1e6:9.1f} {r['mean']:8.2f} "
+              f"{r['median']:8.2f} {r['p95']:8.2f} {parity[name]['min_cosine']:8.4f}")
+    if images.get("torch_api") and images.get("onnx_api"):
+        print(f"image size ratio torch_api / onnx_api: {images['torch_api'] / images['onnx_api']:.2f}x")
+    print(f"torch vs onnx min cosine: {parity['torch_vs_onnx_min_cosine']:.4f}; wrote {args.out}")
+    failing = [n for n in urls if parity[n]["min_cosine"] < 0.99]
+    if failing:
+        print(f"FAIL: parity below 0.99 for {', '.join(failing)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

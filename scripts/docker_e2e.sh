@@ -13,22 +13,22 @@ REPO=$(pwd)
 PY=${PY:-.venv/bin/python}
 BASE_IMAGE=${BASE_IMAGE:-embedding-lab/python:3.11-bookworm}
 PROJECT=embeddinglab
-COMPOSE_FILES=(-f compose.yaml -f compose.host.yaml)
+HOST_COMPOSE=""
 STARTED_DOCKERD_PID=""
 STATE_DIR=${STATE_DIR:-/tmp/embedding-lab-docker}
 mkdir -p "$STATE_DIR" results
 
 log() { printf '\n== %s\n' "$*"; }
 
-compose() {
-    if docker compose version >/dev/null 2>&1; then docker compose -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@";
-    else docker-compose -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"; fi
+compose_cli() {
+    if docker compose version >/dev/null 2>&1; then docker compose "$@"; else docker-compose "$@"; fi
 }
+compose() { compose_cli -p "$PROJECT" -f "$HOST_COMPOSE" "$@"; }
 
 cleanup() {
     local rc=$?
     log "tearing down"
-    if docker info >/dev/null 2>&1; then
+    if [ -n "$HOST_COMPOSE" ] && docker info >/dev/null 2>&1; then
         compose logs --no-color >"$STATE_DIR/compose.log" 2>&1 || true
         compose down -v --remove-orphans >/dev/null 2>&1 || true
     fi
@@ -79,11 +79,12 @@ if [ -n "$TORCH_WHEEL" ]; then cp "$TORCH_WHEEL" docker/wheels/; TORCH_INDEX_URL
 
 log "building images"
 build() {  # build <tag> <dockerfile> [target]
-    local tag=$1 file=$2 target=${3:-}
-    docker build --network host -q -t "$tag" -f "$file" ${target:+--target "$target"} \
+    local tag=$1 file=$2 target=${3:-} started=$SECONDS
+    docker build --network host -t "$tag" -f "$file" ${target:+--target "$target"} \
         --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
-        --build-arg TORCH_INDEX_URL="$TORCH_INDEX_URL" . >/dev/null
-    echo "built $tag"
+        --build-arg TORCH_INDEX_URL="$TORCH_INDEX_URL" . >"$STATE_DIR/build-${tag//[:\/]/_}.log" 2>&1 \
+        || { tail -30 "$STATE_DIR/build-${tag//[:\/]/_}.log"; exit 1; }
+    echo "built $tag in $((SECONDS - started)) s"
 }
 build embedding-lab/artifacts:latest services/torch_api/Dockerfile artifacts
 build embedding-lab/torch-api:latest services/torch_api/Dockerfile runtime
@@ -93,6 +94,8 @@ rm -f docker/wheels/torch-*.whl
 
 log "compose up (artifacts -> torch_api + onnx_api -> locust)"
 export MODEL=/models/all-mpnet-base-v2 HF_HUB_OFFLINE=1 MODEL_DIR="$REPO/models" TORCH_API_THREADS=2 ONNX_API_THREADS=2
+HOST_COMPOSE="$STATE_DIR/compose.host.yaml"
+compose_cli -f compose.yaml config | "$PY" scripts/compose_host_mode.py >"$HOST_COMPOSE"
 compose up -d --no-build
 "$PY" scripts/docker_e2e_check.py --torch-url http://127.0.0.1:8001 --onnx-url http://127.0.0.1:8002 \
     --locust-url http://127.0.0.1:8089 --model models/all-mpnet-base-v2 --requests 100 --out results/docker-e2e.json \

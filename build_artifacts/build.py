@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from .corpus import parity_sentences
+from .corpus import calibration_sentences, parity_sentences
 from .manifest import MANIFEST_FILE, describe_files, write_json_atomic
 from .model_loading import DEFAULT_MODEL, ModelUnavailableError, PoolingSpec, read_pooling_spec, resolve_model_dir
 from .similarity import PARITY_MIN_COSINE, parity_report
@@ -107,7 +107,7 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
     from .onnx_runner import OnnxSentenceRunner, session_options
     from .tokenization import TextTokenizer
 
-    progress = Progress(total=7)
+    progress = Progress(total=8)
     torch_runtime.quiet_libraries()
     torch_runtime.set_threads(threads)
     texts = parity_sentences()
@@ -201,6 +201,25 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
     del int8_runner
     progress.end(_parity_text(artifacts["onnx_int8"]))
 
+    progress.begin("SmoothQuant int8 ONNX (calibrated on other sentences; FFN output layers kept fp32)")
+    from .int8_smooth import build_smooth_int8
+
+    calibration = [calibration_sentences()[i : i + PARITY_BATCH] for i in range(0, len(calibration_sentences()), PARITY_BATCH)]
+    recipe = build_smooth_int8(
+        onnx_dir / "model.onnx", onnx_dir / "model.int8_smooth.onnx",
+        ((b.input_ids, b.attention_mask) for b in map(tokenizer.encode, calibration)), threads=threads,
+    )
+    smooth_runner = OnnxSentenceRunner(onnx_dir / "model.int8_smooth.onnx", threads=threads, optimize=True)
+    artifacts["onnx_int8_smooth"] = _record(
+        staging, "onnx/model.int8_smooth.onnx", "onnx", "int8-dynamic-smoothquant", texts, reference,
+        _embed_batched(smooth_runner.run, tokenizer, texts),
+        notes=f"SmoothQuant alpha {recipe['alpha']} on {recipe['linear_layers'] - recipe['kept_fp32']} linear layers "
+              f"(int8), {recipe['kept_fp32']} FFN output layers fp32; {recipe['weights']}; {recipe['activations']}.",
+    )
+    artifacts["onnx_int8_smooth"]["recipe"] = recipe
+    del smooth_runner
+    progress.end(_parity_text(artifacts["onnx_int8_smooth"]))
+
     progress.begin("writing manifest.json")
     tokenizer_files = sorted(str(p.relative_to(staging)) for p in (staging / "tokenizer").rglob("*") if p.is_file())
     manifest = {
@@ -220,6 +239,7 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
         "parity": {
             "reference": "fp32 PyTorch eager (the source weights), pooled and normalized",
             "texts": len(texts),
+            "calibration_texts": len(calibration_sentences()),
             "min_cosine_threshold": PARITY_MIN_COSINE,
         },
         "artifacts": artifacts,

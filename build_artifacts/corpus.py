@@ -6,6 +6,7 @@ from functools import cache
 from pathlib import Path
 
 _SENTENCES_FILE = Path(__file__).parent / "data" / "sentences.txt"
+_CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.txt"
 
 
 @cache
@@ -18,3 +19,10 @@ def english_sentences() -> tuple[str, ...]:
 def parity_sentences() -> list[str]:
     """All of them: parity must hold on short and long inputs alike."""
     return list(english_sentences())
+
+
+@cache
+def calibration_sentences() -> tuple[str, ...]:
+    """23 other texts (a few words to ~200 tokens) for int8 calibration: never the parity set."""
+    lines = _CALIBRATION_FILE.read_text(encoding="utf-8").splitlines()
+    return tuple(line.strip() for line in lines if line.strip())

@@ -18,7 +18,7 @@ from build_artifacts.tokenization import TextTokenizer
 
 from .conftest import REPO
 
-VARIANTS = {"torch_fp32", "torch_int8", "onnx_fp32", "onnx_optimized", "onnx_int8"}
+VARIANTS = {"torch_fp32", "torch_int8", "onnx_fp32", "onnx_optimized", "onnx_int8", "onnx_int8_smooth"}
 
 
 def test_manifest_describes_every_artifact_with_hash_versions_and_parity(minilm_artifacts):
@@ -138,3 +138,34 @@ def test_failed_or_interrupted_build_leaves_nothing(tiny_mpnet_dir, tmp_path, mo
     with pytest.raises(type(error)):
         build(str(tiny_mpnet_dir), tmp_path / "out", threads=2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_smoothquant_int8_keeps_ffn_output_fp32_and_is_faithful_on_real_weights(minilm_artifacts):
+    model = onnx.load(str(minilm_artifacts / "onnx" / "model.int8_smooth.onnx"))
+    float_matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and "/output/dense/" in n.name]
+    smoothing = [n for n in model.graph.node if n.op_type == "Mul" and n.name.endswith("_smooth")]
+    integer_ops = [n for n in model.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    assert len(float_matmuls) == 6  # one FFN output layer per MiniLM layer, left in fp32
+    assert len(smoothing) == len(integer_ops) == 6 * 5  # q, k, v, o, FFN in: smoothed, then int8
+    record = load_manifest(minilm_artifacts)["artifacts"]["onnx_int8_smooth"]
+    assert record["recipe"]["kept_fp32"] == 6 and record["recipe"]["alpha"] == 0.5
+    assert record["parity"]["passes_parity"] and record["parity"]["mean_cosine"] >= 0.995
+    # The plain recipe on the same weights fails; smoothing is what makes int8 faithful here.
+    assert record["parity"]["min_cosine"] > load_manifest(minilm_artifacts)["artifacts"]["onnx_int8"]["parity"]["min_cosine"]
+
+
+def test_smoothing_alone_is_exact_in_fp32(minilm_artifacts, tmp_path):
+    from build_artifacts.corpus import calibration_sentences
+    from build_artifacts.int8_smooth import collect_activation_max, smooth_model
+
+    manifest = load_manifest(minilm_artifacts)
+    tokenizer = TextTokenizer(minilm_artifacts / "tokenizer" / "tokenizer.json", manifest["model"]["max_seq_length"])
+    batch = tokenizer.encode(list(calibration_sentences()[:6]))
+    source = minilm_artifacts / "onnx" / "model.onnx"
+    maxima = collect_activation_max(source, [(batch.input_ids, batch.attention_mask)], threads=2)
+    model = smooth_model(onnx.load(str(source)), maxima, alpha=0.5)
+    onnx.save(model, str(tmp_path / "smoothed.onnx"))
+    texts = tokenizer.encode(list(english_sentences()[:8]))
+    expected = OnnxSentenceRunner(source, threads=2).run(texts.input_ids, texts.attention_mask)
+    actual = OnnxSentenceRunner(tmp_path / "smoothed.onnx", threads=2).run(texts.input_ids, texts.attention_mask)
+    assert rowwise_cosine(actual, expected).min() > 0.99999

@@ -18,7 +18,7 @@ class OnnxSettings(ServiceSettings):
 
 class OnnxEmbedder(Embedder):
     runtime = "onnxruntime"
-    variants_fastest_first = ("onnx_int8", "onnx_optimized")
+    variants_fastest_first = ("onnx_int8", "onnx_int8_smooth", "onnx_optimized")
 
     def __init__(self, settings: OnnxSettings):
         super().__init__(settings.artifacts_dir, settings.variant, settings.threads)

@@ -1,0 +1,107 @@
+"""Faithful dynamic int8 for ONNX graphs whose linear-layer inputs carry outlier channels (MPNet-base).
+
+Per-tensor dynamic activation scales cannot hold MPNet's FFN inputs, whose few outlier channels reach
+~170x (LayerNorm output) and ~740x (GELU output) the mean magnitude. SmoothQuant (Xiao et al., 2023)
+migrates that range into the weights, which are quantized per output channel anyway:
+
+    X W = (X / s) (s W),   s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)
+
+`s` comes from per-channel activation maxima on calibration sentences (never the parity set). The
+1/s scaling is an explicit Mul in front of each MatMul, exact in fp32. The result is then quantized with
+onnxruntime's dynamic quantization; U8S8 with 7-bit weights (reduce_range) avoids the int16 saturation
+of AVX2's vpmaddubsw on CPUs without VNNI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def weight_matmuls(model) -> list[tuple[object, str]]:
+    """MatMul nodes whose second input is a 2-D initializer (the nn.Linear layers)."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    return [(node, node.input[1]) for node in model.graph.node
+            if node.op_type == "MatMul" and node.input[1] in initializers and len(initializers[node.input[1]].dims) == 2]
+
+
+def collect_activation_max(model_path: Path, batches, threads: int | None = None) -> dict[str, np.ndarray]:
+    """Per-channel max |x| of every linear-layer input, over the real (unpadded) tokens of `batches`."""
+    import onnx
+    import onnxruntime as ort
+
+    from .onnx_runner import session_options
+
+    model = onnx.load(str(model_path))
+    names = sorted({node.input[0] for node, _ in weight_matmuls(model)})
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(model.SerializeToString(), sess_options=session_options(threads, optimize=False),
+                                   providers=["CPUExecutionProvider"])
+    maxima: dict[str, np.ndarray] = {}
+    for input_ids, attention_mask in batches:
+        outputs = session.run(names, {"input_ids": input_ids, "attention_mask": attention_mask})
+        real = attention_mask.astype(bool)
+        for name, value in zip(names, outputs):
+            tokens = value[real] if value.ndim == 3 else value.reshape(-1, value.shape[-1])
+            channel_max = np.abs(tokens).max(axis=0)
+            maxima[name] = np.maximum(maxima.get(name, channel_max), channel_max)
+    return maxima
+
+
+def smooth_model(model, activation_max: dict[str, np.ndarray], alpha: float = 0.5, skip: tuple[str, ...] = ()):
+    """Insert Mul(x, 1/s) before each linear MatMul and scale its weight rows by s (in place)."""
+    from onnx import helper, numpy_helper
+
+    initializers = {init.name: init for init in model.graph.initializer}
+    new_nodes = []
+    for node, weight_name in weight_matmuls(model):
+        if any(pattern in node.name for pattern in skip):
+            continue
+        weight = numpy_helper.to_array(initializers[weight_name]).astype(np.float32)  # [K, N]
+        act = np.maximum(activation_max[node.input[0]].astype(np.float32), 1e-5)
+        w_max = np.maximum(np.abs(weight).max(axis=1), 1e-5)
+        scale = np.clip(act**alpha / w_max ** (1.0 - alpha), 1e-4, 1e4).astype(np.float32)
+        smoothed = numpy_helper.from_array(weight * scale[:, None], weight_name)
+        initializers[weight_name].CopyFrom(smoothed)
+        inv_name = f"{weight_name}_smooth_inv_scale"
+        model.graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), inv_name))
+        scaled_input = f"{node.name}_smoothed_input"
+        new_nodes.append((node, helper.make_node("Mul", [node.input[0], inv_name], [scaled_input],
+                                                 name=f"{node.name}_smooth")))
+        node.input[0] = scaled_input
+    # Keep the graph topologically sorted: each Mul goes right before its MatMul.
+    for matmul, mul in new_nodes:
+        position = list(model.graph.node).index(matmul)
+        model.graph.node.insert(position, mul)
+    return model
+
+
+SMOOTH_ALPHA = 0.5
+# FFN down-projections (their input is a GELU output, ~740x outliers) stay fp32: smoothing cannot
+# move that range into weights that are quantized per output channel. Names of BERT/MPNet/RoBERTa exports.
+KEEP_FP32_PATTERNS = ("/output/dense/",)
+
+
+def build_smooth_int8(model_path: Path, out_path: Path, calibration_batches, threads: int | None = None,
+                      alpha: float = SMOOTH_ALPHA, keep_fp32: tuple[str, ...] = KEEP_FP32_PATTERNS) -> dict:
+    """SmoothQuant + dynamic int8 (U8S8, 7-bit per-channel weights); returns what was done."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    activation_max = collect_activation_max(model_path, calibration_batches, threads)
+    model = onnx.load(str(model_path))
+    kept = [node.name for node, _ in weight_matmuls(model) if any(p in node.name for p in keep_fp32)]
+    smooth_model(model, activation_max, alpha=alpha, skip=keep_fp32)
+    smoothed_path = out_path.with_suffix(".smoothed.tmp.onnx")
+    try:
+        onnx.save(model, str(smoothed_path))
+        quantize_dynamic(str(smoothed_path), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
+                         reduce_range=True, nodes_to_exclude=kept)
+    finally:
+        smoothed_path.unlink(missing_ok=True)
+    return {"alpha": alpha, "linear_layers": len(weight_matmuls(model)), "kept_fp32": len(kept),
+            "weights": "int8 per-channel, 7-bit range (reduce_range)", "activations": "uint8 dynamic per-tensor"}

@@ -158,12 +158,14 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
     onnx_dir.mkdir()
     sample = tokenizer.encode(texts[:2])
     torch_runtime.export_onnx(encoder, sample.input_ids, sample.attention_mask, onnx_dir / "model.onnx", opset)
-    online = OnnxSentenceRunner(onnx_dir / "model.onnx", threads=threads, optimize=True)
-    artifacts["onnx_fp32"] = _record(
-        staging, "onnx/model.onnx", "onnx", "fp32", texts, reference, _embed_batched(online.run, tokenizer, texts),
-        notes="Plain export; ONNX Runtime optimizes it online at session creation.",
-    )
-    del online
+
+    def record_onnx(rel_path: str, precision: str, optimize: bool, notes: str) -> dict:
+        runner = OnnxSentenceRunner(staging / rel_path, threads=threads, optimize=optimize)
+        embeddings = _embed_batched(runner.run, tokenizer, texts)
+        return _record(staging, rel_path, "onnx", precision, texts, reference, embeddings, notes=notes)
+
+    artifacts["onnx_fp32"] = record_onnx("onnx/model.onnx", "fp32", True,
+                                         "Plain export; ONNX Runtime optimizes it online at session creation.")
     progress.end(_parity_text(artifacts["onnx_fp32"]))
 
     progress.begin("ONNX Runtime offline optimization (optimized_model_filepath)")
@@ -174,12 +176,9 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
         sess_options=session_options(threads, optimize=True, optimized_model_path=onnx_dir / "model.optimized.onnx"),
         providers=["CPUExecutionProvider"],
     )
-    offline = OnnxSentenceRunner(onnx_dir / "model.optimized.onnx", threads=threads, optimize=False)
-    artifacts["onnx_optimized"] = _record(
-        staging, "onnx/model.optimized.onnx", "onnx", "fp32", texts, reference, _embed_batched(offline.run, tokenizer, texts),
-        notes="Saved after ORT_ENABLE_EXTENDED optimization on CPUExecutionProvider; load with optimizations off.",
-    )
-    del offline
+    artifacts["onnx_optimized"] = record_onnx(
+        "onnx/model.optimized.onnx", "fp32", False,
+        "Saved after ORT_ENABLE_EXTENDED optimization on CPUExecutionProvider; load with optimizations off.")
     progress.end(_parity_text(artifacts["onnx_optimized"]))
 
     progress.begin("int8 ONNX (onnxruntime.quantization.quantize_dynamic, QInt8 per-channel weights)")
@@ -192,13 +191,9 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
     quantize_dynamic(
         str(onnx_dir / "model.onnx"), str(onnx_dir / "model.int8.onnx"), weight_type=QuantType.QInt8, per_channel=True
     )
-    int8_runner = OnnxSentenceRunner(onnx_dir / "model.int8.onnx", threads=threads, optimize=True)
-    artifacts["onnx_int8"] = _record(
-        staging, "onnx/model.int8.onnx", "onnx", "int8-dynamic", texts, reference,
-        _embed_batched(int8_runner.run, tokenizer, texts),
-        notes="Dynamic int8 MatMul weights (per-channel), activations quantized per batch at run time.",
-    )
-    del int8_runner
+    artifacts["onnx_int8"] = record_onnx(
+        "onnx/model.int8.onnx", "int8-dynamic", True,
+        "Dynamic int8 MatMul weights (per-channel), activations quantized per batch at run time.")
     progress.end(_parity_text(artifacts["onnx_int8"]))
 
     progress.begin("SmoothQuant int8 ONNX (calibrated on other sentences; FFN output layers kept fp32)")
@@ -209,15 +204,11 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
         onnx_dir / "model.onnx", onnx_dir / "model.int8_smooth.onnx",
         ((b.input_ids, b.attention_mask) for b in map(tokenizer.encode, calibration)), threads=threads,
     )
-    smooth_runner = OnnxSentenceRunner(onnx_dir / "model.int8_smooth.onnx", threads=threads, optimize=True)
-    artifacts["onnx_int8_smooth"] = _record(
-        staging, "onnx/model.int8_smooth.onnx", "onnx", "int8-dynamic-smoothquant", texts, reference,
-        _embed_batched(smooth_runner.run, tokenizer, texts),
-        notes=f"SmoothQuant alpha {recipe['alpha']} on {recipe['linear_layers'] - recipe['kept_fp32']} linear layers "
-              f"(int8), {recipe['kept_fp32']} FFN output layers fp32; {recipe['weights']}; {recipe['activations']}.",
-    )
+    artifacts["onnx_int8_smooth"] = record_onnx(
+        "onnx/model.int8_smooth.onnx", "int8-dynamic-smoothquant", True,
+        f"SmoothQuant alpha {recipe['alpha']} on {recipe['linear_layers'] - recipe['kept_fp32']} linear layers "
+        f"(int8), {recipe['kept_fp32']} FFN output layers fp32; {recipe['weights']}; {recipe['activations']}.")
     artifacts["onnx_int8_smooth"]["recipe"] = recipe
-    del smooth_runner
     progress.end(_parity_text(artifacts["onnx_int8_smooth"]))
 
     progress.begin("writing manifest.json")

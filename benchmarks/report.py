@@ -117,9 +117,15 @@ def write_charts(results: dict, out: Path) -> None:
                                           ("speedup", "speedup.png", "speedup vs no optimizations (x)", False)):
         fig, axes = plt.subplots(1, len(inputs), figsize=(6 * len(inputs), 0.35 * len(variants) + 2.5), squeeze=False)
         for ax, name in zip(axes[0], inputs):
-            values = {f"{r['variant']} ({r['device']})": r[metric] for r in measured if r["input"] == name}
-            labels = [v for v in variants if values.get(v) is not None]
-            ax.barh(labels, [values[v] for v in labels], color="#4c72b0")
+            rows = {f"{r['variant']} ({r['device']})": r for r in measured if r["input"] == name}
+            labels = [v for v in variants if v in rows and rows[v][metric] is not None]
+            # Fidelity next to every bar: red where the variant fails parity (min cosine < 0.99).
+            colors = ["#c44e52" if (rows[v]["min_cosine"] or 0) < 0.99 else "#4c72b0" for v in labels]
+            bars = ax.barh(labels, [rows[v][metric] for v in labels], color=colors)
+            for bar, v in zip(bars, labels):
+                cos = rows[v]["min_cosine"]
+                ax.annotate(f" cos {cos:.3f}" if cos is not None else "", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                            va="center", fontsize=7)
             ax.invert_yaxis()
             ax.set_title(name)
             ax.set_xlabel(ylabel)
@@ -127,7 +133,8 @@ def write_charts(results: dict, out: Path) -> None:
                 ax.set_xscale("log")
             if metric == "speedup":
                 ax.axvline(1.0, color="grey", linewidth=0.8)
-        fig.suptitle(f"{results['header']['model']} - {results['header']['threads']} threads")
+        fig.suptitle(f"{results['header']['model']} - {results['header']['threads']} threads "
+                     "(red: fails parity, min cosine vs fp32 < 0.99)")
         fig.tight_layout()
         fig.savefig(out / filename, dpi=90)
         plt.close(fig)

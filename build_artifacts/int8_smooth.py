@@ -14,6 +14,7 @@ of AVX2's vpmaddubsw on CPUs without VNNI.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -53,13 +54,15 @@ def collect_activation_max(model_path: Path, batches, threads: int | None = None
 
 
 def smooth_model(model, activation_max: dict[str, np.ndarray], alpha: float = 0.5, skip: tuple[str, ...] = ()):
-    """Insert Mul(x, 1/s) before each linear MatMul and scale its weight rows by s (in place)."""
+    """Insert Mul(x, 1/s) before each linear MatMul and scale its weight rows by s (in place).
+
+    `skip`: regexes of MatMul node names to leave untouched."""
     from onnx import helper, numpy_helper
 
     initializers = {init.name: init for init in model.graph.initializer}
     new_nodes = []
     for node, weight_name in weight_matmuls(model):
-        if any(pattern in node.name for pattern in skip):
+        if any(re.search(pattern, node.name) for pattern in skip):
             continue
         weight = numpy_helper.to_array(initializers[weight_name]).astype(np.float32)  # [K, N]
         act = np.maximum(activation_max[node.input[0]].astype(np.float32), 1e-5)
@@ -82,8 +85,9 @@ def smooth_model(model, activation_max: dict[str, np.ndarray], alpha: float = 0.
 
 SMOOTH_ALPHA = 0.5
 # FFN down-projections (their input is a GELU output, ~740x outliers) stay fp32: smoothing cannot
-# move that range into weights that are quantized per output channel. Names of BERT/MPNet/RoBERTa exports.
-KEEP_FP32_PATTERNS = ("/output/dense/",)
+# move that range into weights that are quantized per output channel. Regexes over node names of
+# BERT/MPNet/RoBERTa exports (BERT's attention projection "layer.N/attention/output/dense" is not matched).
+KEEP_FP32_PATTERNS = (r"layer\.\d+/output/dense/",)
 
 
 def build_smooth_int8(model_path: Path, out_path: Path, calibration_batches, threads: int | None = None,
@@ -94,7 +98,7 @@ def build_smooth_int8(model_path: Path, out_path: Path, calibration_batches, thr
 
     activation_max = collect_activation_max(model_path, calibration_batches, threads)
     model = onnx.load(str(model_path))
-    kept = [node.name for node, _ in weight_matmuls(model) if any(p in node.name for p in keep_fp32)]
+    kept = [node.name for node, _ in weight_matmuls(model) if any(re.search(p, node.name) for p in keep_fp32)]
     smooth_model(model, activation_max, alpha=alpha, skip=keep_fp32)
     smoothed_path = out_path.with_suffix(".smoothed.tmp.onnx")
     try:

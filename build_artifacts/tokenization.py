@@ -39,9 +39,15 @@ class TextTokenizer:
         return [len(e.ids) for e in self._tokenizer.encode_batch(texts)]
 
     def encode(self, texts: list[str], max_length: int | None = None) -> EncodedBatch:
+        return self.pad(self.token_ids(texts, max_length))
+
+    def token_ids(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+        """Token ids per text, truncated at max_length, not padded."""
         limit = max_length or self.max_length
-        encodings = self._tokenizer.encode_batch(texts)
-        ids = [self._truncate(e.ids, limit) for e in encodings]
+        return [self._truncate(e.ids, limit) for e in self._tokenizer.encode_batch(texts)]
+
+    def pad(self, ids: list[list[int]]) -> EncodedBatch:
+        """Pad to the longest row of this batch."""
         width = max(len(row) for row in ids)
         input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
         attention_mask = np.zeros((len(ids), width), dtype=np.int64)

@@ -58,7 +58,7 @@ class BatchResult:
 
 class DynamicBatcher:
     def __init__(self, embed_fn: Callable[[list[str]], np.ndarray], metrics: ServiceMetrics, max_batch_size: int = 32,
-                 max_batch_tokens: int = 16384, max_wait_ms: float = 5.0, queue_limit: int = 512):
+                 max_batch_tokens: int = 16384, max_wait_ms: float = 5.0, queue_limit: int = 128):
         self._embed_fn = embed_fn
         self._metrics = metrics
         self.max_batch_size = max_batch_size

@@ -21,7 +21,8 @@ class ServiceSettings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, description="most texts per model call")
     max_batch_tokens: int = Field(16384, ge=1, description="most padded tokens per model call")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch may wait to fill")
-    queue_limit: int = Field(512, ge=1, description="most texts waiting; more get 429")
+    # Bounded so that a full queue means seconds of backlog on a CPU, not minutes.
+    queue_limit: int = Field(128, ge=1, description="most texts waiting; more get 429")
     max_payload_bytes: int = Field(2_000_000, ge=1024, description="largest request body (413 above)")
     log_level: str = Field("info", description="uvicorn / service log level")
 

@@ -146,6 +146,19 @@ def ex3_int8(ctx: Context) -> None:
                 return quantized(ids, mask)
 
         ctx.recorder.add("ex3", "int8_dynamic", case, _timed(ctx, call), _numpy(call()))
+    smooth_dir = ctx.artifacts / "torch_int8_smooth"
+    if smooth_dir.is_dir():  # the faithful int8 (SmoothQuant); older artifact folders lack it
+        from build_artifacts import torch_smooth
+
+        smoothed = torch_smooth.load(smooth_dir, ctx.pooling)
+        for case in ctx.cases:
+            ids, mask = _tensors(case)
+
+            def call_smooth(ids=ids, mask=mask):
+                with torch.inference_mode():
+                    return smoothed(ids, mask)
+
+            ctx.recorder.add("ex3", "int8_smoothquant", case, _timed(ctx, call_smooth), _numpy(call_smooth()))
 
 
 def ex6_onnxruntime(ctx: Context) -> None:

@@ -107,7 +107,7 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
     from .onnx_runner import OnnxSentenceRunner, session_options
     from .tokenization import TextTokenizer
 
-    progress = Progress(total=8)
+    progress = Progress(total=9)
     torch_runtime.quiet_libraries()
     torch_runtime.set_threads(threads)
     texts = parity_sentences()
@@ -152,6 +152,30 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
     )
     del reloaded_int8
     progress.end(_parity_text(artifacts["torch_int8"]))
+
+    progress.begin("SmoothQuant int8 torch (calibrated on other sentences; FFN output layers kept fp32)")
+    from . import torch_smooth
+
+    calibration = [calibration_sentences()[i : i + PARITY_BATCH] for i in range(0, len(calibration_sentences()), PARITY_BATCH)]
+
+    def calibration_batches():
+        return ((b.input_ids, b.attention_mask) for b in map(tokenizer.encode, calibration))
+
+    smooth_torch, torch_recipe = torch_smooth.smooth_and_quantize(torch_runtime.load_fp32(model_dir, pooling),
+                                                                  calibration_batches())
+    torch_smooth.save(smooth_torch, torch_recipe, staging / "torch_int8_smooth", model_dir)
+    del smooth_torch
+    reloaded_smooth = torch_smooth.load(staging / "torch_int8_smooth", pooling)
+    artifacts["torch_int8_smooth"] = _record(
+        staging, "torch_int8_smooth", "torch", "int8-dynamic-smoothquant", texts, reference,
+        _embed_batched(lambda i, m: torch_runtime.embed(reloaded_smooth, i, m), tokenizer, texts),
+        notes=f"SmoothQuant alpha {torch_recipe['alpha']} on {len(torch_recipe['smoothed_modules'])} Linear layers "
+              f"(qint8 per-channel weights), {torch_recipe['kept_fp32']} FFN output layers fp32; state_dict loaded "
+              "with torch.load(weights_only=True) into a rebuilt skeleton (quantization.json lists the layers).",
+    )
+    artifacts["torch_int8_smooth"]["recipe"] = {k: v for k, v in torch_recipe.items() if k != "smoothed_modules"}
+    del reloaded_smooth
+    progress.end(_parity_text(artifacts["torch_int8_smooth"]))
 
     progress.begin(f"exporting ONNX (opset {opset}, dynamic batch and sequence axes)")
     onnx_dir = staging / "onnx"
@@ -199,11 +223,8 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
     progress.begin("SmoothQuant int8 ONNX (calibrated on other sentences; FFN output layers kept fp32)")
     from .int8_smooth import build_smooth_int8
 
-    calibration = [calibration_sentences()[i : i + PARITY_BATCH] for i in range(0, len(calibration_sentences()), PARITY_BATCH)]
-    recipe = build_smooth_int8(
-        onnx_dir / "model.onnx", onnx_dir / "model.int8_smooth.onnx",
-        ((b.input_ids, b.attention_mask) for b in map(tokenizer.encode, calibration)), threads=threads,
-    )
+    recipe = build_smooth_int8(onnx_dir / "model.onnx", onnx_dir / "model.int8_smooth.onnx", calibration_batches(),
+                               threads=threads)
     artifacts["onnx_int8_smooth"] = record_onnx(
         "onnx/model.int8_smooth.onnx", "int8-dynamic-smoothquant", True,
         f"SmoothQuant alpha {recipe['alpha']} on {recipe['linear_layers'] - recipe['kept_fp32']} linear layers "

@@ -25,7 +25,7 @@ def test_benchmark_runs_every_exercise_end_to_end(minilm_dir, minilm_artifacts, 
         assert FIELDS <= set(record)
     measured = {(r["variant"], r["input"]): r for r in records if not r["skipped"]}
     for variant in ("no_optimizations", "eval", "eval_no_grad", "eval_inference_mode", "compile_default",
-                    "int8_dynamic", "onnx_online", "onnx_offline", "onnx_int8", "onnx_int8_smooth"):
+                    "int8_dynamic", "int8_smoothquant", "onnx_online", "onnx_offline", "onnx_int8", "onnx_int8_smooth"):
         for size in ("b1_short", "b32_mixed", "b1_long"):
             r = measured[(variant, size)]
             assert r["runs"] == 2 and 0 < r["median_ms"] <= r["p95_ms"] * 1.0001

@@ -18,7 +18,7 @@ from build_artifacts.tokenization import TextTokenizer
 
 from .conftest import REPO
 
-VARIANTS = {"torch_fp32", "torch_int8", "onnx_fp32", "onnx_optimized", "onnx_int8", "onnx_int8_smooth"}
+VARIANTS = {"torch_fp32", "torch_int8", "torch_int8_smooth", "onnx_fp32", "onnx_optimized", "onnx_int8", "onnx_int8_smooth"}
 
 
 def test_manifest_describes_every_artifact_with_hash_versions_and_parity(minilm_artifacts):
@@ -169,3 +169,20 @@ def test_smoothing_alone_is_exact_in_fp32(minilm_artifacts, tmp_path):
     expected = OnnxSentenceRunner(source, threads=2).run(texts.input_ids, texts.attention_mask)
     actual = OnnxSentenceRunner(tmp_path / "smoothed.onnx", threads=2).run(texts.input_ids, texts.attention_mask)
     assert rowwise_cosine(actual, expected).min() > 0.99999
+
+
+def test_torch_smoothquant_int8_reloads_safely_and_is_faithful(minilm_artifacts):
+    import torch
+
+    from build_artifacts import torch_smooth
+
+    folder = minilm_artifacts / "torch_int8_smooth"
+    torch.load(folder / "model_int8.pt", weights_only=True)  # no arbitrary unpickling needed
+    model = torch_smooth.load(folder, PoolingSpec())
+    printed = repr(model)
+    kinds = [type(m).__name__ for _, m in model.named_modules()]
+    assert kinds.count("SmoothedLinear") == 6 * 5 and "per_channel_affine" in printed
+    assert "(dense): Linear(in_features=1536" in printed  # FFN output layers stay fp32
+    record = load_manifest(minilm_artifacts)["artifacts"]["torch_int8_smooth"]
+    assert record["parity"]["passes_parity"] and record["parity"]["mean_cosine"] >= 0.995
+    assert record["parity"]["min_cosine"] > load_manifest(minilm_artifacts)["artifacts"]["torch_int8"]["parity"]["min_cosine"]

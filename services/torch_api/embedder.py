@@ -18,7 +18,7 @@ class TorchSettings(ServiceSettings):
 
 class TorchEmbedder(Embedder):
     runtime = "torch"
-    variants_fastest_first = ("torch_int8", "torch_fp32")
+    variants_fastest_first = ("torch_int8", "torch_int8_smooth", "torch_fp32")
 
     def __init__(self, settings: TorchSettings):
         super().__init__(settings.artifacts_dir, settings.variant, settings.threads)
@@ -39,6 +39,10 @@ class TorchEmbedder(Embedder):
         path = self.artifacts_dir / self.manifest["artifacts"][self.variant]["path"]
         if self.variant == "torch_int8":
             model = torch_runtime.load_quantized(path, pooling)
+        elif self.variant == "torch_int8_smooth":
+            from build_artifacts import torch_smooth
+
+            model = torch_smooth.load(path, pooling)
         else:
             model = torch_runtime.load_fp32(path, pooling)
         model.eval()

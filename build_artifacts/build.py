@@ -131,26 +131,25 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
         if (model_dir / rel).is_file():
             (fp32_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(model_dir / rel, fp32_dir / rel)
-    reloaded = torch_runtime.load_fp32(fp32_dir, pooling)
-    artifacts["torch_fp32"] = _record(
-        staging, "fp32", "torch", "fp32", texts, reference,
-        _embed_batched(lambda i, m: torch_runtime.embed(reloaded, i, m), tokenizer, texts),
-        notes="Hugging Face folder (safetensors); load with AutoModel, eval(), inference_mode(), optional torch.compile.",
-    )
-    del reloaded
+
+    def record_torch(rel_path: str, precision: str, load, notes: str) -> dict:
+        """Reload what was saved (proves it loads), embed the parity texts, record it."""
+        model = load(staging / rel_path, pooling)
+        embeddings = _embed_batched(lambda i, m: torch_runtime.embed(model, i, m), tokenizer, texts)
+        return _record(staging, rel_path, "torch", precision, texts, reference, embeddings, notes=notes)
+
+    artifacts["torch_fp32"] = record_torch(
+        "fp32", "fp32", torch_runtime.load_fp32,
+        "Hugging Face folder (safetensors); load with AutoModel, eval(), inference_mode(), optional torch.compile.")
     progress.end(_parity_text(artifacts["torch_fp32"]))
 
     progress.begin("dynamic int8 quantization (torch.ao quantize_dynamic, nn.Linear, qint8)")
     quantized = torch_runtime.quantize_dynamic_int8(torch_runtime.load_fp32(model_dir, pooling))
     torch_runtime.save_quantized(quantized, staging / "torch_int8", model_dir)
     del quantized
-    reloaded_int8 = torch_runtime.load_quantized(staging / "torch_int8", pooling)
-    artifacts["torch_int8"] = _record(
-        staging, "torch_int8", "torch", "int8-dynamic", texts, reference,
-        _embed_batched(lambda i, m: torch_runtime.embed(reloaded_int8, i, m), tokenizer, texts),
-        notes="state_dict of the quantized encoder; load with torch.load(weights_only=True) into a quantized skeleton.",
-    )
-    del reloaded_int8
+    artifacts["torch_int8"] = record_torch(
+        "torch_int8", "int8-dynamic", torch_runtime.load_quantized,
+        "state_dict of the quantized encoder; load with torch.load(weights_only=True) into a quantized skeleton.")
     progress.end(_parity_text(artifacts["torch_int8"]))
 
     progress.begin("SmoothQuant int8 torch (calibrated on other sentences; FFN output layers kept fp32)")
@@ -165,16 +164,12 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
                                                                   calibration_batches())
     torch_smooth.save(smooth_torch, torch_recipe, staging / "torch_int8_smooth", model_dir)
     del smooth_torch
-    reloaded_smooth = torch_smooth.load(staging / "torch_int8_smooth", pooling)
-    artifacts["torch_int8_smooth"] = _record(
-        staging, "torch_int8_smooth", "torch", "int8-dynamic-smoothquant", texts, reference,
-        _embed_batched(lambda i, m: torch_runtime.embed(reloaded_smooth, i, m), tokenizer, texts),
-        notes=f"SmoothQuant alpha {torch_recipe['alpha']} on {len(torch_recipe['smoothed_modules'])} Linear layers "
-              f"(qint8 per-channel weights), {torch_recipe['kept_fp32']} FFN output layers fp32; state_dict loaded "
-              "with torch.load(weights_only=True) into a rebuilt skeleton (quantization.json lists the layers).",
-    )
+    artifacts["torch_int8_smooth"] = record_torch(
+        "torch_int8_smooth", "int8-dynamic-smoothquant", torch_smooth.load,
+        f"SmoothQuant alpha {torch_recipe['alpha']} on {len(torch_recipe['smoothed_modules'])} Linear layers "
+        f"(qint8 per-channel weights), {torch_recipe['kept_fp32']} FFN output layers fp32; state_dict loaded "
+        "with torch.load(weights_only=True) into a rebuilt skeleton (quantization.json lists the layers).")
     artifacts["torch_int8_smooth"]["recipe"] = {k: v for k, v in torch_recipe.items() if k != "smoothed_modules"}
-    del reloaded_smooth
     progress.end(_parity_text(artifacts["torch_int8_smooth"]))
 
     progress.begin(f"exporting ONNX (opset {opset}, dynamic batch and sequence axes)")

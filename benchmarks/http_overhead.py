@@ -16,9 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from .run import SHORT_TEXT
 from .timing import percentile
-
-SHORT_TEXT = "Can you recommend a good book about the history of mathematics?"
 
 
 def sequential_latency(base_url: str, requests: int, warmup: int = 5, text: str = SHORT_TEXT) -> dict:

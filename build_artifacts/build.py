@@ -66,7 +66,7 @@ def check_destination(out: Path, model_dir: Path, force: bool) -> None:
         raise BuildError(f"'{out}' exists and is not a folder.")
 
 
-def _embed_batched(run, tokenizer, texts: list[str]):
+def embed_in_batches(run, tokenizer, texts: list[str]):
     import numpy as np
 
     rows = []
@@ -119,7 +119,7 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
     encoder = torch_runtime.load_fp32(model_dir, pooling)
     hf_tokenizer.save_pretrained(str(staging / "tokenizer"))
     tokenizer = TextTokenizer(staging / "tokenizer" / "tokenizer.json", pooling.max_seq_length)
-    reference = _embed_batched(lambda i, m: torch_runtime.embed(encoder, i, m), tokenizer, texts)
+    reference = embed_in_batches(lambda i, m: torch_runtime.embed(encoder, i, m), tokenizer, texts)
     dimension = int(reference.shape[1])
     progress.end(f"{pooling.mode} pooling, normalize={pooling.normalize}, dim={dimension}, max {pooling.max_seq_length} tokens")
 
@@ -135,7 +135,7 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
     def record_torch(rel_path: str, precision: str, load, notes: str) -> dict:
         """Reload what was saved (proves it loads), embed the parity texts, record it."""
         model = load(staging / rel_path, pooling)
-        embeddings = _embed_batched(lambda i, m: torch_runtime.embed(model, i, m), tokenizer, texts)
+        embeddings = embed_in_batches(lambda i, m: torch_runtime.embed(model, i, m), tokenizer, texts)
         return _record(staging, rel_path, "torch", precision, texts, reference, embeddings, notes=notes)
 
     artifacts["torch_fp32"] = record_torch(
@@ -180,7 +180,7 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
 
     def record_onnx(rel_path: str, precision: str, optimize: bool, notes: str) -> dict:
         runner = OnnxSentenceRunner(staging / rel_path, threads=threads, optimize=optimize)
-        embeddings = _embed_batched(runner.run, tokenizer, texts)
+        embeddings = embed_in_batches(runner.run, tokenizer, texts)
         return _record(staging, rel_path, "onnx", precision, texts, reference, embeddings, notes=notes)
 
     artifacts["onnx_fp32"] = record_onnx("onnx/model.onnx", "fp32", True,

@@ -12,8 +12,7 @@ _CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.txt"
 @cache
 def english_sentences() -> tuple[str, ...]:
     """42 texts, from a few words to about 230 tokens (MPNet tokenizer)."""
-    lines = _SENTENCES_FILE.read_text(encoding="utf-8").splitlines()
-    return tuple(line.strip() for line in lines if line.strip())
+    return _read_texts(_SENTENCES_FILE)
 
 
 def parity_sentences() -> list[str]:
@@ -24,5 +23,9 @@ def parity_sentences() -> list[str]:
 @cache
 def calibration_sentences() -> tuple[str, ...]:
     """23 other texts (a few words to ~200 tokens) for int8 calibration: never the parity set."""
-    lines = _CALIBRATION_FILE.read_text(encoding="utf-8").splitlines()
-    return tuple(line.strip() for line in lines if line.strip())
+    return _read_texts(_CALIBRATION_FILE)
+
+
+def _read_texts(path: Path) -> tuple[str, ...]:
+    """One text per non-empty line."""
+    return tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())

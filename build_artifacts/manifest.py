@@ -42,7 +42,12 @@ def verify_artifact(artifacts_dir: Path, manifest: dict, variant: str) -> None:
     artifacts = manifest.get("artifacts", {})
     if variant not in artifacts:
         raise ArtifactError(f"Variant '{variant}' is not in the manifest (have: {', '.join(sorted(artifacts))}).")
-    for entry in artifacts[variant]["files"]:
+    verify_files(artifacts_dir, artifacts[variant]["files"])
+
+
+def verify_files(artifacts_dir: Path, entries: list[dict]) -> None:
+    """Each {path, bytes, sha256} entry must exist and match (raises ArtifactError)."""
+    for entry in entries:
         path = Path(artifacts_dir) / entry["path"]
         if not path.is_file():
             raise ArtifactError(f"Artifact file missing: {path}")

@@ -36,15 +36,18 @@ class TextTokenizer:
         return 0
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(e.ids) for e in self._tokenizer.encode_batch(texts)]
+        return [len(row) for row in self.token_ids(texts, truncate=False)]
 
     def encode(self, texts: list[str], max_length: int | None = None) -> EncodedBatch:
         return self.pad(self.token_ids(texts, max_length))
 
-    def token_ids(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
-        """Token ids per text, truncated at max_length, not padded."""
-        limit = max_length or self.max_length
-        return [self._truncate(e.ids, limit) for e in self._tokenizer.encode_batch(texts)]
+    def token_ids(self, texts: list[str], max_length: int | None = None, truncate: bool = True) -> list[list[int]]:
+        """Token ids per text, not padded; truncated at max_length unless truncate=False."""
+        rows = [e.ids for e in self._tokenizer.encode_batch(texts)]
+        return [self.truncate(row, max_length) for row in rows] if truncate else rows
+
+    def truncate(self, ids: list[int], max_length: int | None = None) -> list[int]:
+        return self._truncate(ids, max_length or self.max_length)
 
     def pad(self, ids: list[list[int]]) -> EncodedBatch:
         """Pad to the longest row of this batch."""

@@ -51,18 +51,26 @@ def save_quantized(quantized, folder: Path, model_dir: Path) -> None:
     (folder / "config.json").write_text((model_dir / "config.json").read_text())
 
 
-def load_quantized(folder: Path, pooling: PoolingSpec):
-    """Rebuild the architecture from config.json, quantize it, then load the stored int8 weights."""
-    import torch
+def fp32_skeleton(folder: Path, pooling: PoolingSpec):
+    """The encoder architecture from folder/config.json, randomly initialized (weights come later)."""
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(str(folder))
     config._attn_implementation = "eager"
-    skeleton = build_encoder_from_module(AutoModel.from_config(config), pooling)
-    quantized = quantize_dynamic_int8(skeleton)
-    state = torch.load(folder / QUANTIZED_STATE_FILE, weights_only=True, map_location="cpu")
-    quantized.load_state_dict(state)
+    return build_encoder_from_module(AutoModel.from_config(config), pooling)
+
+
+def load_quantized_state(quantized, folder: Path):
+    """Stored int8 weights into an identically quantized skeleton; weights_only: no arbitrary unpickling."""
+    import torch
+
+    quantized.load_state_dict(torch.load(folder / QUANTIZED_STATE_FILE, weights_only=True, map_location="cpu"))
     return quantized.eval()
+
+
+def load_quantized(folder: Path, pooling: PoolingSpec):
+    """Rebuild the architecture from config.json, quantize it, then load the stored int8 weights."""
+    return load_quantized_state(quantize_dynamic_int8(fp32_skeleton(folder, pooling)), folder)
 
 
 def build_encoder_from_module(transformer, pooling: PoolingSpec):

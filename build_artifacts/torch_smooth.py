@@ -116,16 +116,8 @@ def save(quantized, recipe: dict, folder: Path, model_dir: Path) -> None:
 
 def load(folder: Path, pooling):
     """Rebuild: skeleton from config.json -> same wrapping -> same quantization -> stored weights."""
-    import torch
-    from transformers import AutoConfig, AutoModel
+    from .torch_runtime import fp32_skeleton, load_quantized_state
 
-    from .torch_runtime import QUANTIZED_STATE_FILE, build_encoder_from_module
-
-    recipe = json.loads((folder / RECIPE_FILE).read_text())
-    config = AutoConfig.from_pretrained(str(folder))
-    config._attn_implementation = "eager"
-    skeleton = build_encoder_from_module(AutoModel.from_config(config), pooling)
-    names = recipe["smoothed_modules"]
-    quantized = quantize_smoothed(wrap(skeleton, names), names)
-    quantized.load_state_dict(torch.load(folder / QUANTIZED_STATE_FILE, weights_only=True, map_location="cpu"))
-    return quantized.eval()
+    names = json.loads((folder / RECIPE_FILE).read_text())["smoothed_modules"]
+    quantized = quantize_smoothed(wrap(fp32_skeleton(folder, pooling), names), names)
+    return load_quantized_state(quantized, folder)

@@ -42,7 +42,9 @@ def post_embed(url: str, texts: list[str]):
 
 
 def reference_embeddings(model_dir: Path, texts: list[str]):
+    """fp32 PyTorch eager on the host, pooled and normalized: what both services must match."""
     from build_artifacts import torch_runtime
+    from build_artifacts.build import embed_in_batches
     from build_artifacts.model_loading import read_pooling_spec
     from build_artifacts.similarity import l2_normalize
     from build_artifacts.tokenization import TextTokenizer
@@ -51,15 +53,7 @@ def reference_embeddings(model_dir: Path, texts: list[str]):
     pooling = read_pooling_spec(model_dir)
     encoder = torch_runtime.load_fp32(model_dir, pooling)
     tokenizer = TextTokenizer(model_dir / "tokenizer.json", pooling.max_seq_length)
-    rows = [torch_runtime.embed(encoder, *_encode(tokenizer, texts[i:i + 8])) for i in range(0, len(texts), 8)]
-    import numpy as np
-
-    return l2_normalize(np.concatenate(rows))
-
-
-def _encode(tokenizer, texts):
-    batch = tokenizer.encode(texts)
-    return batch.input_ids, batch.attention_mask
+    return l2_normalize(embed_in_batches(lambda i, m: torch_runtime.embed(encoder, i, m), tokenizer, texts))
 
 
 def main() -> int:

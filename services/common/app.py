@@ -83,7 +83,7 @@ def create_app(settings: ServiceSettings, embedder: Embedder, runtime_packages: 
     async def lifespan(app: FastAPI):
         app.state.ready = False
         app.state.load_error = None
-        batcher = DynamicBatcher(embedder.embed, metrics, max_batch_size=settings.max_batch_size,
+        batcher = DynamicBatcher(embedder.embed_ids, metrics, max_batch_size=settings.max_batch_size,
                                  max_batch_tokens=settings.max_batch_tokens, max_wait_ms=settings.max_wait_ms,
                                  queue_limit=settings.queue_limit)
         app.state.batcher = batcher
@@ -122,7 +122,8 @@ def create_app(settings: ServiceSettings, embedder: Embedder, runtime_packages: 
             reason = request.app.state.load_error or "model is loading and warming up"
             raise ApiError(ErrorType.UNHEALTHY, f"not ready: {reason}")
 
-    async def validated_texts(inputs: str | list[str], truncate: bool) -> tuple[list[str], list[int]]:
+    async def validated_texts(inputs: str | list[str], truncate: bool) -> list[list[int]]:
+        """Checks the request's limits and tokenizes it once; returns truncated token ids per text."""
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         if not texts:
             raise ApiError(ErrorType.EMPTY, "input is empty: send at least one text")
@@ -132,18 +133,18 @@ def create_app(settings: ServiceSettings, embedder: Embedder, runtime_packages: 
         if len(texts) > settings.max_client_batch_size:
             raise ApiError(ErrorType.TOO_LARGE,
                            f"{len(texts)} inputs is more than the limit of {settings.max_client_batch_size} per request")
-        counts = await asyncio.to_thread(embedder.count_tokens, texts)
-        too_long = [i for i, n in enumerate(counts) if n > embedder.max_tokens]
+        ids = await asyncio.to_thread(embedder.tokenize, texts)
+        too_long = [i for i, row in enumerate(ids) if len(row) > embedder.max_tokens]
         if too_long and not truncate:
             i = too_long[0]
             raise ApiError(ErrorType.TOO_LARGE,
-                           f"input {i} has {counts[i]} tokens, more than the limit of {embedder.max_tokens}; "
+                           f"input {i} has {len(ids[i])} tokens, more than the limit of {embedder.max_tokens}; "
                            "send truncate=true to cut it")
-        return texts, [min(n, embedder.max_tokens) for n in counts]
+        return [embedder.truncate(row) for row in ids]
 
-    async def embed_texts(request: Request, texts: list[str], counts: list[int], normalize: bool):
+    async def embed_texts(request: Request, token_ids: list[list[int]], normalize: bool):
         try:
-            result = await request.app.state.batcher.submit(texts, counts)
+            result = await request.app.state.batcher.submit(token_ids)
         except QueueFullError as exc:
             raise ApiError(ErrorType.OVERLOADED, f"overloaded: {exc}; retry later") from None
         except Exception as exc:  # noqa: BLE001
@@ -172,8 +173,8 @@ def create_app(settings: ServiceSettings, embedder: Embedder, runtime_packages: 
     async def embed(body: EmbedRequest, request: Request):
         started = time.perf_counter()
         require_ready(request)
-        texts, counts = await validated_texts(body.inputs, body.truncate)
-        vectors, result = await embed_texts(request, texts, counts, body.normalize)
+        token_ids = await validated_texts(body.inputs, body.truncate)
+        vectors, result = await embed_texts(request, token_ids, body.normalize)
         return JSONResponse(vectors.tolist(), headers=timing_headers(started, result))
 
     @app.post("/v1/embeddings", summary="Embed texts (OpenAI compatible)")
@@ -183,8 +184,8 @@ def create_app(settings: ServiceSettings, embedder: Embedder, runtime_packages: 
         if body.dimensions is not None and body.dimensions != embedder.dimension:
             raise ApiError(ErrorType.VALIDATION,
                            f"dimensions={body.dimensions} is not supported: this model returns {embedder.dimension}")
-        texts, counts = await validated_texts(body.input, truncate=True)
-        vectors, result = await embed_texts(request, texts, counts, normalize=embedder.normalize_default)
+        token_ids = await validated_texts(body.input, truncate=True)
+        vectors, result = await embed_texts(request, token_ids, normalize=embedder.normalize_default)
         if body.encoding_format == "base64":
             encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
         else:
@@ -192,7 +193,7 @@ def create_app(settings: ServiceSettings, embedder: Embedder, runtime_packages: 
         payload = OpenAIEmbeddingResponse(
             data=[OpenAIEmbedding(index=i, embedding=e) for i, e in enumerate(encoded)],
             model=body.model or embedder.manifest["model"]["source"],
-            usage=OpenAIUsage(prompt_tokens=sum(counts), total_tokens=sum(counts)),
+            usage=OpenAIUsage(prompt_tokens=sum(map(len, token_ids)), total_tokens=sum(map(len, token_ids))),
         )
         return JSONResponse(payload.model_dump(), headers=timing_headers(started, result))
 

@@ -1,9 +1,10 @@
 """Dynamic batching: concurrent requests are merged into one model call.
 
-Texts are queued one by one (a request may span several model calls). The worker takes texts in
-arrival order up to `max_batch_size` texts and `max_batch_tokens` padded tokens, waiting at most
-`max_wait_ms` for a batch to fill, sorts them by length so that little padding is computed, and runs
-the model in a single worker thread so the event loop stays free. A full queue rejects at once (429).
+Requests arrive tokenized; their texts are queued one by one (a request may span several model
+calls). The worker takes texts in arrival order up to `max_batch_size` texts and `max_batch_tokens`
+padded tokens, waiting at most `max_wait_ms` for a batch to fill, and hands them to the embedder in a
+single worker thread so the event loop stays free (the embedder sorts by length and groups to cut
+padding). A full queue rejects at once (429).
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ class _Job:
 class _Item:
     job: _Job
     index: int
-    text: str
-    tokens: int
+    token_ids: list[int]
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_ids)
 
 
 @dataclass
@@ -57,7 +61,7 @@ class BatchResult:
 
 
 class DynamicBatcher:
-    def __init__(self, embed_fn: Callable[[list[str]], np.ndarray], metrics: ServiceMetrics, max_batch_size: int = 32,
+    def __init__(self, embed_fn: Callable[[list[list[int]]], np.ndarray], metrics: ServiceMetrics, max_batch_size: int = 32,
                  max_batch_tokens: int = 16384, max_wait_ms: float = 5.0, queue_limit: int = 128):
         self._embed_fn = embed_fn
         self._metrics = metrics
@@ -90,12 +94,13 @@ class DynamicBatcher:
         self._queue.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, texts: list[str], token_counts: list[int]) -> BatchResult:
-        if len(self._queue) + len(texts) > self.queue_limit:
+    async def submit(self, token_ids: list[list[int]]) -> BatchResult:
+        """Queue one request's tokenized texts; resolves when all of them are embedded."""
+        if len(self._queue) + len(token_ids) > self.queue_limit:
             self._metrics.rejected.inc()
             raise QueueFullError(f"queue is full ({len(self._queue)} texts waiting, limit {self.queue_limit})")
-        job = _Job(size=len(texts), future=asyncio.get_running_loop().create_future(), enqueued_at=time.perf_counter())
-        self._queue.extend(_Item(job, i, t, n) for i, (t, n) in enumerate(zip(texts, token_counts)))
+        job = _Job(size=len(token_ids), future=asyncio.get_running_loop().create_future(), enqueued_at=time.perf_counter())
+        self._queue.extend(_Item(job, i, ids) for i, ids in enumerate(token_ids))
         self._metrics.queue_depth.set(len(self._queue))
         self._wakeup.set()
         await job.future
@@ -134,14 +139,12 @@ class DynamicBatcher:
                     break
             batch = self._take_batch()
             self._metrics.queue_depth.set(len(self._queue))
-            batch.sort(key=lambda item: item.tokens)  # similar lengths together: less padding
             started = time.perf_counter()
             for item in batch:
                 if item.job.started_at is None:
                     item.job.started_at = started
-            texts = [item.text for item in batch]
             try:
-                vectors = await loop.run_in_executor(self._executor, self._embed_fn, texts)
+                vectors = await loop.run_in_executor(self._executor, self._embed_fn, [item.token_ids for item in batch])
             except Exception as exc:  # a model failure fails the requests in this batch, not the service
                 log.exception("model call failed for a batch of %d texts", len(batch))
                 for item in batch:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from build_artifacts.manifest import ArtifactError, load_manifest, verify_artifact
+from build_artifacts.manifest import ArtifactError, load_manifest, verify_artifact, verify_files
 from build_artifacts.similarity import l2_normalize
 from build_artifacts.tokenization import TextTokenizer
 
@@ -53,8 +53,7 @@ class Embedder(ABC):
     def verify(self) -> None:
         """sha256 of the served variant and the tokenizer against the manifest (raises ArtifactError)."""
         verify_artifact(self.artifacts_dir, self.manifest, self.variant)
-        for entry in self.manifest["tokenizer"]["files"]:
-            verify_artifact(self.artifacts_dir, {"artifacts": {"tokenizer": {"files": [entry]}}}, "tokenizer")
+        verify_files(self.artifacts_dir, self.manifest["tokenizer"]["files"])
 
     def load(self) -> None:
         self.tokenizer = TextTokenizer(self.artifacts_dir / self.manifest["tokenizer"]["path"], self.max_tokens)
@@ -67,17 +66,24 @@ class Embedder(ABC):
     def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Pooled, not normalized, float32 [batch, dimension]."""
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return self.tokenizer.count_tokens(texts)
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text, not truncated (callers check the limit, then `truncate`)."""
+        return self.tokenizer.token_ids(texts, truncate=False)
+
+    def truncate(self, ids: list[int]) -> list[int]:
+        return self.tokenizer.truncate(ids, self.max_tokens)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Texts -> pooled embeddings (float32), truncated at max_tokens, not normalized.
+        """Texts -> pooled embeddings (float32), truncated at max_tokens, not normalized."""
+        return self.embed_ids(self.tokenizer.token_ids(texts))
 
-        Texts are sorted by length and run in groups that pad little: one 230-token paragraph in a
+    def embed_ids(self, ids: list[list[int]]) -> np.ndarray:
+        """Token ids (already truncated) -> pooled embeddings, float32, not normalized.
+
+        Rows are sorted by length and run in groups that pad little: one 230-token paragraph in a
         batch of 15 short sentences would otherwise make every row cost 230 tokens.
         """
-        ids = self.tokenizer.token_ids(texts)
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        out = np.empty((len(ids), self.dimension), dtype=np.float32)
         for group in padding_efficient_groups([len(row) for row in ids]):
             batch = self.tokenizer.pad([ids[i] for i in group])
             out[group] = self._forward(batch.input_ids, batch.attention_mask)

@@ -164,11 +164,12 @@ def ex3_int8(ctx: Context) -> None:
 def ex6_onnxruntime(ctx: Context) -> None:
     from build_artifacts.onnx_runner import OnnxSentenceRunner
 
-    print("Ex6: ONNX Runtime online vs offline optimization, int8 ONNX", flush=True)
+    print("Ex6: ONNX Runtime online vs offline optimization, fused attention, int8 ONNX", flush=True)
     onnx_dir = ctx.artifacts / "onnx"
     sessions = {
         "onnx_online": (onnx_dir / "model.onnx", True),
         "onnx_offline": (onnx_dir / "model.optimized.onnx", False),
+        "onnx_fused_attention": (onnx_dir / "model.fused.onnx", True),
         "onnx_int8": (onnx_dir / "model.int8.onnx", True),
         "onnx_int8_smooth": (onnx_dir / "model.int8_smooth.onnx", True),
     }

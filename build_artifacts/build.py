@@ -107,7 +107,7 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
     from .onnx_runner import OnnxSentenceRunner, session_options
     from .tokenization import TextTokenizer
 
-    progress = Progress(total=9)
+    progress = Progress(total=10)
     torch_runtime.quiet_libraries()
     torch_runtime.set_threads(threads)
     texts = parity_sentences()
@@ -200,6 +200,24 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
         "Saved after ORT_ENABLE_EXTENDED optimization on CPUExecutionProvider; load with optimizations off.")
     progress.end(_parity_text(artifacts["onnx_optimized"]))
 
+    progress.begin("fusing self-attention into com.microsoft.MultiHeadAttention (relative position bias kept)")
+    from .attention_fusion import FusionError, fuse_file
+
+    try:
+        fusion = fuse_file(onnx_dir / "model.onnx", onnx_dir / "model.fused.onnx")
+    except FusionError as exc:
+        fusion = {"fused_attention_blocks": 0, "reason": str(exc)}
+        progress.end(f"not fused: {exc}")
+    else:
+        artifacts["onnx_fused"] = record_onnx(
+            "onnx/model.fused.onnx", "fp32", True,
+            f"{fusion['fused_attention_blocks']} attention blocks fused into {fusion['op']} (packed QKV MatMul, "
+            "position bias as attention_bias); ONNX Runtime only; optimized online at session creation.")
+        artifacts["onnx_fused"]["fusion"] = fusion
+        progress.end(f"{fusion['fused_attention_blocks']} blocks, {fusion['nodes_before']} -> {fusion['nodes_after']} "
+                     f"nodes; {_parity_text(artifacts['onnx_fused'])}")
+    int8_source = onnx_dir / ("model.fused.onnx" if fusion["fused_attention_blocks"] else "model.onnx")
+
     progress.begin("int8 ONNX (onnxruntime.quantization.quantize_dynamic, QInt8 per-channel weights)")
     import logging
 
@@ -215,15 +233,19 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
         "Dynamic int8 MatMul weights (per-channel), activations quantized per batch at run time.")
     progress.end(_parity_text(artifacts["onnx_int8"]))
 
-    progress.begin("SmoothQuant int8 ONNX (calibrated on other sentences; FFN output layers kept fp32)")
+    progress.begin("SmoothQuant int8 ONNX (calibrated on other sentences; FFN outlier channels split off in fp32)")
     from .int8_smooth import build_smooth_int8
 
-    recipe = build_smooth_int8(onnx_dir / "model.onnx", onnx_dir / "model.int8_smooth.onnx", calibration_batches(),
+    recipe = build_smooth_int8(int8_source, onnx_dir / "model.int8_smooth.onnx", calibration_batches(),
                                threads=threads)
+    recipe["source_graph"] = int8_source.name
+    recipe["fused_attention_blocks"] = fusion["fused_attention_blocks"]
     artifacts["onnx_int8_smooth"] = record_onnx(
         "onnx/model.int8_smooth.onnx", "int8-dynamic-smoothquant", True,
-        f"SmoothQuant alpha {recipe['alpha']} on {recipe['linear_layers'] - recipe['kept_fp32']} linear layers "
-        f"(int8), {recipe['kept_fp32']} FFN output layers fp32; {recipe['weights']}; {recipe['activations']}.")
+        f"Every linear layer int8 ({recipe['weights']}; {recipe['activations']}): SmoothQuant alpha "
+        f"{recipe['alpha']} on {recipe['smoothed']}, and {recipe['outlier_split_layers']} FFN output layers with their "
+        f"{recipe['outlier_channels']} largest input channels split off in fp32; built from {int8_source.name} "
+        f"({fusion['fused_attention_blocks']} fused attention blocks).")
     artifacts["onnx_int8_smooth"]["recipe"] = recipe
     progress.end(_parity_text(artifacts["onnx_int8_smooth"]))
 
@@ -284,7 +306,8 @@ def _parity_text(record: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m build_artifacts",
-        description="Build deployable artifacts (fp32, int8 torch, ONNX, optimized ONNX, int8 ONNX) and a manifest with parity.",
+        description="Build deployable artifacts (fp32, int8 torch, ONNX, optimized ONNX, fused-attention ONNX, "
+                    "int8 ONNX) and a manifest with parity.",
     )
     parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
                         help="Hugging Face id or local model folder (env MODEL; default: %(default)s)")

@@ -10,6 +10,16 @@ migrates that range into the weights, which are quantized per output channel any
 1/s scaling is an explicit Mul in front of each MatMul, exact in fp32. The result is then quantized with
 onnxruntime's dynamic quantization; U8S8 with 7-bit weights (reduce_range) avoids the int16 saturation
 of AVX2's vpmaddubsw on CPUs without VNNI.
+
+The FFN down-projections (input: a GELU output) are not smoothed: their range sits in a handful of
+channels (the top channel reaches 10-70x the median channel's maximum), and moving it into the weights
+broke parity. Instead those few channels are split off (LLM.int8()-style, but with a static channel set
+chosen on calibration sentences): the layer computes
+
+    X W = (X * keep) W_int8 + X[:, outliers] W[outliers, :]
+
+so the per-tensor activation scale of the int8 product no longer has to cover the outliers, and the
+outlier product (16 of 3072 input channels) stays fp32.
 """
 
 from __future__ import annotations
@@ -83,29 +93,74 @@ def smooth_model(model, activation_max: dict[str, np.ndarray], alpha: float = 0.
     return model
 
 
+def split_outlier_channels(model, activation_max: dict[str, np.ndarray], patterns: tuple[str, ...],
+                           channels: int) -> list[str]:
+    """For MatMuls matching `patterns`: zero the `channels` largest input channels on the main path and
+    add them back through a small fp32 MatMul. Returns the names of those fp32 MatMuls (in place)."""
+    from onnx import helper, numpy_helper
+
+    initializers = {init.name: init for init in model.graph.initializer}
+    side_matmuls = []
+    for node, weight_name in weight_matmuls(model):
+        if not any(re.search(pattern, node.name) for pattern in patterns):
+            continue
+        source, name = node.input[0], node.name
+        outliers = np.argsort(activation_max[source])[::-1][:channels].astype(np.int64)
+        keep = np.ones(activation_max[source].shape, dtype=np.float32)
+        keep[outliers] = 0.0
+        weight = numpy_helper.to_array(initializers[weight_name])
+        model.graph.initializer.extend([
+            numpy_helper.from_array(keep, f"{name}_keep"),
+            numpy_helper.from_array(outliers, f"{name}_outlier_channels"),
+            numpy_helper.from_array(np.ascontiguousarray(weight[outliers]).astype(np.float32), f"{name}_outlier_weight"),
+        ])
+        result, main_result = node.output[0], f"{name}_main_output"
+        before = [
+            helper.make_node("Mul", [source, f"{name}_keep"], [f"{name}_inliers"], name=f"{name}_keep_inliers"),
+            helper.make_node("Gather", [source, f"{name}_outlier_channels"], [f"{name}_outliers"], axis=-1,
+                             name=f"{name}_gather_outliers"),
+            helper.make_node("MatMul", [f"{name}_outliers", f"{name}_outlier_weight"], [f"{name}_outlier_output"],
+                             name=f"{name}_outlier_matmul"),
+        ]
+        after = helper.make_node("Add", [main_result, f"{name}_outlier_output"], [result], name=f"{name}_add_outliers")
+        node.input[0], node.output[0] = f"{name}_inliers", main_result
+        position = list(model.graph.node).index(node)
+        for offset, extra in enumerate(before):
+            model.graph.node.insert(position + offset, extra)
+        model.graph.node.insert(position + len(before) + 1, after)
+        side_matmuls.append(f"{name}_outlier_matmul")
+    return side_matmuls
+
+
 SMOOTH_ALPHA = 0.5
-# FFN down-projections (their input is a GELU output, ~740x outliers) stay fp32: smoothing cannot
-# move that range into weights that are quantized per output channel. Regexes over node names of
-# BERT/MPNet/RoBERTa exports (BERT's attention projection "layer.N/attention/output/dense" is not matched).
-KEEP_FP32_PATTERNS = (r"layer\.\d+/output/dense/",)
+# FFN down-projections: their input is a GELU output whose range sits in a few channels. Regexes over
+# node names of BERT/MPNet/RoBERTa exports (BERT's attention projection "layer.N/attention/output/dense"
+# is not matched).
+FFN_OUTPUT_PATTERNS = (r"layer\.\d+/output/dense/",)
+OUTLIER_CHANNELS = 16
 
 
 def build_smooth_int8(model_path: Path, out_path: Path, calibration_batches, threads: int | None = None,
-                      alpha: float = SMOOTH_ALPHA, keep_fp32: tuple[str, ...] = KEEP_FP32_PATTERNS) -> dict:
-    """SmoothQuant + dynamic int8 (U8S8, 7-bit per-channel weights); returns what was done."""
+                      alpha: float = SMOOTH_ALPHA, split_patterns: tuple[str, ...] = FFN_OUTPUT_PATTERNS,
+                      outlier_channels: int = OUTLIER_CHANNELS) -> dict:
+    """SmoothQuant + outlier split + dynamic int8 (U8S8, 7-bit per-channel weights); returns what was done."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     activation_max = collect_activation_max(model_path, calibration_batches, threads)
     model = onnx.load(str(model_path))
-    kept = [node.name for node, _ in weight_matmuls(model) if any(re.search(p, node.name) for p in keep_fp32)]
-    smooth_model(model, activation_max, alpha=alpha, skip=keep_fp32)
+    linear_layers = len(weight_matmuls(model))
+    side_matmuls = split_outlier_channels(model, activation_max, split_patterns, outlier_channels)
+    smooth_model(model, activation_max, alpha=alpha, skip=split_patterns + (r"_outlier_matmul$",))
     smoothed_path = out_path.with_suffix(".smoothed.tmp.onnx")
     try:
         onnx.save(model, str(smoothed_path))
         quantize_dynamic(str(smoothed_path), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=True, nodes_to_exclude=kept)
+                         reduce_range=True, nodes_to_exclude=side_matmuls,
+                         # contrib ops (fused attention) are unknown to ONNX shape inference
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         smoothed_path.unlink(missing_ok=True)
-    return {"alpha": alpha, "linear_layers": len(weight_matmuls(model)), "kept_fp32": len(kept),
+    return {"alpha": alpha, "linear_layers": linear_layers, "smoothed": linear_layers - len(side_matmuls),
+            "outlier_split_layers": len(side_matmuls), "outlier_channels": outlier_channels,
             "weights": "int8 per-channel, 7-bit range (reduce_range)", "activations": "uint8 dynamic per-tensor"}

@@ -18,7 +18,8 @@ from build_artifacts.tokenization import TextTokenizer
 
 from .conftest import REPO
 
-VARIANTS = {"torch_fp32", "torch_int8", "torch_int8_smooth", "onnx_fp32", "onnx_optimized", "onnx_int8", "onnx_int8_smooth"}
+VARIANTS = {"torch_fp32", "torch_int8", "torch_int8_smooth", "onnx_fp32", "onnx_optimized", "onnx_fused", "onnx_int8",
+            "onnx_int8_smooth"}
 
 
 def test_manifest_describes_every_artifact_with_hash_versions_and_parity(minilm_artifacts):
@@ -104,9 +105,16 @@ def test_mpnet_architecture_exports_quantizes_and_optimizes(tiny_mpnet_dir, tmp_
     manifest = build(str(tiny_mpnet_dir), tmp_path / "out", threads=2)
     assert manifest["model"]["model_type"] == "mpnet"
     assert set(manifest["artifacts"]) == VARIANTS
-    for name in ("torch_fp32", "onnx_fp32", "onnx_optimized"):
+    for name in ("torch_fp32", "onnx_fp32", "onnx_optimized", "onnx_fused"):
         assert manifest["artifacts"][name]["parity"]["min_cosine"] > 0.9999, name
     assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == manifest
+    # MPNet's relative position bias survives the fusion as the attention_bias input of every block.
+    fused = onnx.load(str(tmp_path / "out" / "onnx" / "model.fused.onnx"))
+    attention = [n for n in fused.graph.node if n.op_type == "MultiHeadAttention"]
+    assert len(attention) == 2 and all(n.domain == "com.microsoft" for n in attention)
+    assert all(len(n.input) == 6 and n.input[5] for n in attention)
+    assert manifest["artifacts"]["onnx_fused"]["fusion"]["fused_attention_blocks"] == 2
+    assert manifest["artifacts"]["onnx_int8_smooth"]["recipe"]["source_graph"] == "model.fused.onnx"
 
 
 def test_existing_out_is_refused_without_force_and_replaced_with_it(tiny_mpnet_dir, tmp_path):
@@ -140,17 +148,50 @@ def test_failed_or_interrupted_build_leaves_nothing(tiny_mpnet_dir, tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
-def test_smoothquant_int8_keeps_ffn_output_fp32_and_is_faithful_on_real_weights(minilm_artifacts):
+def test_attention_fusion_counts_and_parity_on_real_weights(minilm_artifacts):
+    model = onnx.load(str(minilm_artifacts / "onnx" / "model.fused.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MultiHeadAttention") == 6 and ops.count("Softmax") == 0  # one per MiniLM layer
+    assert ops.count("Split") == 6  # q, k, v from one packed projection per layer
+    record = load_manifest(minilm_artifacts)["artifacts"]["onnx_fused"]
+    assert record["fusion"]["fused_attention_blocks"] == 6 and record["fusion"]["softmax_before"] == 6
+    assert record["parity"]["min_cosine"] > 0.9999
+    # Same numbers as the unfused graph at a shape other than the calibration/parity batches.
+    manifest = load_manifest(minilm_artifacts)
+    tokenizer = TextTokenizer(minilm_artifacts / "tokenizer" / "tokenizer.json", manifest["model"]["max_seq_length"])
+    batch = tokenizer.encode(list(english_sentences()[:13]))
+    unfused = OnnxSentenceRunner(minilm_artifacts / "onnx" / "model.onnx", threads=2)
+    fused = OnnxSentenceRunner(minilm_artifacts / "onnx" / "model.fused.onnx", threads=2)
+    expected = unfused.run(batch.input_ids, batch.attention_mask)
+    np.testing.assert_allclose(fused.run(batch.input_ids, batch.attention_mask), expected, atol=1e-4)
+
+
+def test_fusion_leaves_graphs_without_the_pattern_alone(minilm_artifacts):
+    from build_artifacts.attention_fusion import fuse_attention
+
+    model = onnx.load(str(minilm_artifacts / "onnx" / "model.fused.onnx"))
+    before = len(model.graph.node)
+    assert fuse_attention(model) == 0 and len(model.graph.node) == before
+
+
+def test_smoothquant_int8_is_all_integer_with_fp32_outlier_channels_and_faithful(minilm_artifacts):
     model = onnx.load(str(minilm_artifacts / "onnx" / "model.int8_smooth.onnx"))
-    float_matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and "/output/dense/" in n.name]
-    smoothing = [n for n in model.graph.node if n.op_type == "Mul" and n.name.endswith("_smooth")]
-    integer_ops = [n for n in model.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
-    assert len(float_matmuls) == 6  # one FFN output layer per MiniLM layer, left in fp32
-    assert len(smoothing) == len(integer_ops) == 6 * 5  # q, k, v, o, FFN in: smoothed, then int8
+    nodes = list(model.graph.node)
+    float_matmuls = [n.name for n in nodes if n.op_type == "MatMul"]
+    smoothing = [n for n in nodes if n.op_type == "Mul" and n.name.endswith("_smooth")]
+    integer_ops = [n for n in nodes if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    # Per MiniLM layer: packed qkv, o, FFN in (smoothed) and FFN out (outliers split off) run in int8 ...
+    assert len(integer_ops) == 6 * 4 and len(smoothing) == 6 * 3
+    # ... and only the 16 outlier channels of each FFN output layer run in fp32.
+    assert len(float_matmuls) == 6 and all(n.endswith("_outlier_matmul") for n in float_matmuls)
+    initializers = {i.name: i for i in model.graph.initializer}
+    outlier_weights = [initializers[n.input[1]] for n in nodes if n.name in float_matmuls]
+    assert all(list(w.dims) == [16, 384] for w in outlier_weights)
+    assert sum(n.op_type == "MultiHeadAttention" for n in nodes) == 6  # built from the fused graph
     record = load_manifest(minilm_artifacts)["artifacts"]["onnx_int8_smooth"]
-    assert record["recipe"]["kept_fp32"] == 6 and record["recipe"]["alpha"] == 0.5
+    assert record["recipe"]["outlier_split_layers"] == 6 and record["recipe"]["alpha"] == 0.5
     assert record["parity"]["passes_parity"] and record["parity"]["mean_cosine"] >= 0.995
-    # The plain recipe on the same weights fails; smoothing is what makes int8 faithful here.
+    # The plain recipe on the same weights fails; smoothing + outlier split is what makes int8 faithful here.
     assert record["parity"]["min_cosine"] > load_manifest(minilm_artifacts)["artifacts"]["onnx_int8"]["parity"]["min_cosine"]
 
 

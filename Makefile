@@ -8,7 +8,7 @@ OFFLINE_MODEL ?= models/all-mpnet-base-v2
 THREADS ?= 2
 RUNS ?= 100
 
-.PHONY: setup models models-small test benchmark artifacts run loadtest docker-e2e clean
+.PHONY: setup models models-small test benchmark gpu-lab artifacts run loadtest docker-e2e clean
 
 setup: $(VENV)/.setup-stamp
 
@@ -35,6 +35,12 @@ artifacts: models
 benchmark: artifacts
 	$(PY) -m benchmarks --model $(OFFLINE_MODEL) --artifacts artifacts/all-mpnet-base-v2 \
 		--threads $(THREADS) --runs $(RUNS) --out results/benchmark
+
+# Lab Ex4/Ex5 on a CUDA machine: MPNet-base with random weights (no weights needed), real tokenizer.
+# GPU_PYTHON: an interpreter whose torch has CUDA (the project venv holds the CPU build).
+GPU_PYTHON ?= $(PY)
+gpu-lab: models
+	$(GPU_PYTHON) -m benchmarks.gpu_lab --tokenizer $(OFFLINE_MODEL)/tokenizer.json --out results/gpu-lab
 
 clean:
 	rm -rf artifacts results .pytest_cache

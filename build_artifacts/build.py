@@ -26,6 +26,7 @@ from .similarity import PARITY_MIN_COSINE, parity_report
 _ST_FILES = ["modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json"]
 _TOOLS = ["torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy", "safetensors"]
 PARITY_BATCH = 8
+FUSION_MIN_COSINE = 0.9999  # fused fp32 graph vs fp32 torch: a rewrite, not an approximation
 
 
 class BuildError(RuntimeError):
@@ -216,7 +217,10 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
         artifacts["onnx_fused"]["fusion"] = fusion
         progress.end(f"{fusion['fused_attention_blocks']} blocks, {fusion['nodes_before']} -> {fusion['nodes_after']} "
                      f"nodes; {_parity_text(artifacts['onnx_fused'])}")
-    int8_source = onnx_dir / ("model.fused.onnx" if fusion["fused_attention_blocks"] else "model.onnx")
+    # The int8 recipe starts from the fused graph only where fusion kept the numbers (a pattern that
+    # matched but meant something else, e.g. a causal mask, would show here).
+    fused_ok = "onnx_fused" in artifacts and artifacts["onnx_fused"]["parity"]["min_cosine"] >= FUSION_MIN_COSINE
+    int8_source = onnx_dir / ("model.fused.onnx" if fused_ok else "model.onnx")
 
     progress.begin("int8 ONNX (onnxruntime.quantization.quantize_dynamic, QInt8 per-channel weights)")
     import logging
@@ -239,13 +243,13 @@ def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None,
     recipe = build_smooth_int8(int8_source, onnx_dir / "model.int8_smooth.onnx", calibration_batches(),
                                threads=threads)
     recipe["source_graph"] = int8_source.name
-    recipe["fused_attention_blocks"] = fusion["fused_attention_blocks"]
+    recipe["fused_attention_blocks"] = fusion["fused_attention_blocks"] if fused_ok else 0
     artifacts["onnx_int8_smooth"] = record_onnx(
         "onnx/model.int8_smooth.onnx", "int8-dynamic-smoothquant", True,
         f"Every linear layer int8 ({recipe['weights']}; {recipe['activations']}): SmoothQuant alpha "
         f"{recipe['alpha']} on {recipe['smoothed']}, and {recipe['outlier_split_layers']} FFN output layers with their "
         f"{recipe['outlier_channels']} largest input channels split off in fp32; built from {int8_source.name} "
-        f"({fusion['fused_attention_blocks']} fused attention blocks).")
+        f"({recipe['fused_attention_blocks']} fused attention blocks).")
     artifacts["onnx_int8_smooth"]["recipe"] = recipe
     progress.end(_parity_text(artifacts["onnx_int8_smooth"]))
 

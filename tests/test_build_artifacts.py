@@ -227,3 +227,28 @@ def test_torch_smoothquant_int8_reloads_safely_and_is_faithful(minilm_artifacts)
     record = load_manifest(minilm_artifacts)["artifacts"]["torch_int8_smooth"]
     assert record["parity"]["passes_parity"] and record["parity"]["mean_cosine"] >= 0.995
     assert record["parity"]["min_cosine"] > load_manifest(minilm_artifacts)["artifacts"]["torch_int8"]["parity"]["min_cosine"]
+
+
+def test_int8_recipe_falls_back_to_the_unfused_graph_when_fusion_breaks_numbers(tiny_mpnet_dir, tmp_path, monkeypatch):
+    """A pattern that matched but meant something else must not reach the served int8 graph."""
+    from onnx import helper
+
+    from build_artifacts import attention_fusion
+
+    def broken_fuse_file(source, destination):
+        model = onnx.load(str(source))
+        output = model.graph.output[0].name
+        for node in model.graph.node:  # rewire: the graph now returns the negated embedding
+            node.output[:] = [f"{o}_pre_neg" if o == output else o for o in node.output]
+            node.input[:] = [f"{i}_pre_neg" if i == output else i for i in node.input]
+        model.graph.node.append(helper.make_node("Neg", [f"{output}_pre_neg"], [output]))
+        onnx.save(model, str(destination))
+        return {"fused_attention_blocks": 2, "op": "com.microsoft.MultiHeadAttention", "softmax_before": 2,
+                "softmax_after": 0, "nodes_before": 1, "nodes_after": 1}
+
+    monkeypatch.setattr(attention_fusion, "fuse_file", broken_fuse_file)
+    manifest = build(str(tiny_mpnet_dir), tmp_path / "out", threads=2)
+    assert not manifest["artifacts"]["onnx_fused"]["parity"]["passes_parity"]
+    recipe = manifest["artifacts"]["onnx_int8_smooth"]["recipe"]
+    assert recipe["source_graph"] == "model.onnx" and recipe["fused_attention_blocks"] == 0
+    assert manifest["artifacts"]["onnx_int8_smooth"]["parity"]["passes_parity"]

@@ -229,9 +229,9 @@ class Lab:
         from torch._dynamo.utils import counters
 
         torch = self.torch
-        base = getattr(self, "fp16", None) or self.fp32
+        base = getattr(self, "fp16", None) or (self._model(torch.float16) if self.device.type == "cuda" else self.fp32)
         rows = []
-        for mode in COMPILE_MODES:
+        for mode in self.args.compile_modes.split(","):
             if time.perf_counter() - self.started > self.args.budget_s:
                 rows.append({"mode": mode, "skipped": f"time budget (--budget-s {self.args.budget_s})"})
                 continue
@@ -343,6 +343,7 @@ def parse_args(argv=None):
     parser.add_argument("--budget-s", type=float, default=420.0, help="start no section after this many seconds")
     parser.add_argument("--tiny", action="store_true", help="2-layer width-64 MPNet: for testing the script itself")
     parser.add_argument("--sections", default="placement,copy,precision,compile")
+    parser.add_argument("--compile-modes", default=",".join(COMPILE_MODES), help="comma list, run in this order")
     return parser.parse_args(argv)
 
 

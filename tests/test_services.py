@@ -274,12 +274,15 @@ def test_torch_and_onnx_fp32_services_agree_to_rounding(minilm_artifacts):
     texts = list(english_sentences()[:8])
     vectors = []
     for settings in (TorchSettings(artifacts_dir=minilm_artifacts, threads=1, compile=False, variant="torch_fp32"),
-                     OnnxSettings(artifacts_dir=minilm_artifacts, threads=1, variant="onnx_optimized")):
+                     OnnxSettings(artifacts_dir=minilm_artifacts, threads=1, variant="onnx_optimized"),
+                     OnnxSettings(artifacts_dir=minilm_artifacts, threads=1, variant="onnx_fused")):
         embedder_cls = TorchEmbedder if isinstance(settings, TorchSettings) else OnnxEmbedder
         with TestClient(create_app(settings, embedder_cls(settings))) as test_client:
             wait_ready(test_client)
+            assert test_client.get("/info").json()["variant"] == settings.variant
             vectors.append(np.asarray(test_client.post("/embed", json={"inputs": texts}).json()))
     assert np.sum(vectors[0] * vectors[1], axis=1).min() > 0.9999
+    assert np.sum(vectors[0] * vectors[2], axis=1).min() > 0.9999  # the fused-attention graph, served
 
 
 def test_parity_gate_picks_the_fastest_passing_variant(minilm_artifacts, tmp_path):

@@ -89,7 +89,7 @@ def ex1_modes(ctx: Context) -> None:
     model.eval()
 
 
-def _dynamo_graph_count() -> int:
+def dynamo_graph_count() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])
@@ -109,11 +109,11 @@ def ex2_compile(ctx: Context) -> None:
             with torch.no_grad():  # no_grad: inference_mode tensors cannot be saved for compiled backward graphs
                 return compiled(ids, mask)
 
-        graphs_before = _dynamo_graph_count()
+        graphs_before = dynamo_graph_count()
         t0 = time.perf_counter()
         first = call()
         first_ms = (time.perf_counter() - t0) * 1000.0
-        new_graphs = _dynamo_graph_count() - graphs_before
+        new_graphs = dynamo_graph_count() - graphs_before
         compile_log.append({"input": case.name, "first_call_ms": round(first_ms, 1), "graphs_compiled": new_graphs})
         ctx.recorder.add("ex2", "compile_default_first_call", case, summarize([first_ms]), _numpy(first),
                          note=f"compile + first call; {new_graphs} graph(s) compiled at this size")
@@ -261,13 +261,13 @@ def _run_gpu(ctx: Context) -> None:
                 with torch.no_grad():
                     return compiled(ids, mask)
 
-            graphs_before = _dynamo_graph_count()
+            graphs_before = dynamo_graph_count()
             t0 = time.perf_counter()
             first = call()
             sync()
             first_ms = (time.perf_counter() - t0) * 1000.0
             compile_log.append({"mode": mode or "default", "input": case.name, "first_call_ms": round(first_ms, 1),
-                                "graphs_compiled": _dynamo_graph_count() - graphs_before})
+                                "graphs_compiled": dynamo_graph_count() - graphs_before})
             add("ex5", variant, case, _timed(ctx, call, sync), _numpy(first), device="cuda",
                 note=f"first call {first_ms:.0f} ms incl. compilation")
     ctx.extras["compile_gpu"] = compile_log

@@ -11,12 +11,12 @@ model cannot be faster than its GEMMs allow. Tokens 864 = the benchmark's b32_mi
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from .timing import time_calls
 
 SHAPES = {"qkv/o 768x768": (768, 768), "FFN in 768x3072": (768, 3072), "FFN out 3072x768": (3072, 768)}
 
@@ -35,14 +35,7 @@ def _graph(path: Path, k: int, n: int, seed: int = 0) -> None:
 
 
 def _median_ms(session, x: np.ndarray, runs: int) -> float:
-    for _ in range(3):
-        session.run(None, {"x": x})
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, {"x": x})
-        samples.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(samples)
+    return time_calls(lambda: session.run(None, {"x": x}), runs, warmup=3).median_ms
 
 
 def main(argv=None) -> int:

@@ -25,12 +25,16 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from build_artifacts.similarity import parity_report
+
+from .exercises import dynamo_graph_count
+from .timing import time_calls
 
 REFERENCE_CONFIG = dict(vocab_size=30527, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                         intermediate_size=3072, relative_attention_num_buckets=32, max_position_embeddings=514,
@@ -117,24 +121,16 @@ class Lab:
             self.torch.cuda.synchronize()
 
     def _time(self, call, runs: int, warmup: int = 3, device=None) -> dict:
-        for _ in range(warmup):
-            call()
-        self._sync(device)
-        samples = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            call()
-            self._sync(device)
-            samples.append((time.perf_counter() - t0) * 1000.0)
-        return {"median_ms": round(statistics.median(samples), 3), "min_ms": round(min(samples), 3), "runs": runs}
+        timing = time_calls(call, runs, warmup, sync=lambda: self._sync(device))
+        return {"median_ms": round(timing.median_ms, 3), "min_ms": round(timing.min_ms, 3), "runs": timing.runs}
 
     def _runs(self, size: int) -> int:
         return self.args.runs if size < 128 else max(5, self.args.runs // 2)
 
     @staticmethod
     def _fidelity(actual: np.ndarray, expected: np.ndarray) -> dict:
-        cosine = (actual * expected).sum(1) / (np.linalg.norm(actual, axis=1) * np.linalg.norm(expected, axis=1))
-        return {"min_cosine": round(float(cosine.min()), 6), "mean_cosine": round(float(cosine.mean()), 6)}
+        report = parity_report(actual, expected)
+        return {"min_cosine": report["min_cosine"], "mean_cosine": report["mean_cosine"]}
 
     def run_section(self, name: str, body) -> None:
         elapsed = time.perf_counter() - self.started
@@ -245,7 +241,7 @@ class Lab:
                         row["sizes_skipped"] = f"batch {size} on: time budget (--budget-s {self.args.budget_s})"
                         break
                     ids, mask = self._inputs(size)
-                    graphs_before = counters["stats"]["unique_graphs"]
+                    graphs_before = dynamo_graph_count()
                     t0 = time.perf_counter()
                     first = self._forward(compiled, ids, mask)
                     self._sync()
@@ -253,14 +249,14 @@ class Lab:
                     timing = self._time(lambda: self._forward(compiled, ids, mask), self._runs(size))
                     row["sizes"].append({
                         "batch": size, "first_call_ms": round(first_ms, 1),
-                        "graphs_compiled": counters["stats"]["unique_graphs"] - graphs_before,
+                        "graphs_compiled": dynamo_graph_count() - graphs_before,
                         "steady": timing, "fidelity_vs_fp32": self._fidelity(first.float().cpu().numpy(),
                                                                              self.reference[size]),
                     })
                     self.write()
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"[:500]
-            row["unique_graphs"] = int(counters["stats"]["unique_graphs"])
+            row["unique_graphs"] = dynamo_graph_count()
             rows.append(row)
             self.results["sections"]["compile"] = {"rows": rows}
         eager = {}

@@ -14,6 +14,7 @@ class Timing:
     mean_ms: float
     median_ms: float
     p95_ms: float
+    min_ms: float
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -32,6 +33,7 @@ def summarize(samples_ms: list[float]) -> Timing:
         mean_ms=statistics.fmean(samples_ms),
         median_ms=statistics.median(samples_ms),
         p95_ms=percentile(samples_ms, 0.95),
+        min_ms=min(samples_ms),
     )
 
 

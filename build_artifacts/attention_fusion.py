@@ -43,7 +43,7 @@ class _Projection:
 
 @dataclass
 class _AttentionMatch:
-    softmax: object
+    context_reshape: object  # the node the fused block replaces; the rest becomes unreachable
     query: _Projection
     key: _Projection
     value: _Projection
@@ -51,7 +51,6 @@ class _AttentionMatch:
     position_bias: str | None
     num_heads: int
     output: str  # the [batch, seq, hidden] context tensor that feeds the output projection
-    removed: list
 
 
 class _Graph:
@@ -110,14 +109,12 @@ def _perm(node) -> tuple[int, ...]:
 
 
 def _heads_input(graph: _Graph, node, perm: tuple[int, ...]):
-    """Walk Transpose(perm) -> Reshape([B, S, heads, d]) back to the projection output; returns (tensor, d, path)."""
+    """Walk Transpose(perm) -> Reshape([B, S, heads, d]) back to the projection output; returns (tensor, d)."""
     if node is None or node.op_type != "Transpose" or _perm(node) != perm:
         return None
-    path = [node]
     node = graph.producer.get(node.input[0])
     if node is None or node.op_type != "Reshape":
         return None
-    path.append(node)
     shape = graph.constant_value(node.input[1])
     if shape is None:  # shape built at run time: Concat(batch, seq, heads or -1, head_size)
         concat = graph.producer.get(node.input[1])
@@ -129,21 +126,18 @@ def _heads_input(graph: _Graph, node, perm: tuple[int, ...]):
         shape = np.concatenate([np.array([0, 0])] + [part.reshape(-1) for part in parts])
     if shape.size != 4 or shape[3] <= 0:
         return None
-    return node.input[0], int(shape[3]), path  # heads follow from the hidden size / head size
+    return node.input[0], int(shape[3])  # heads follow from the hidden size / head size
 
 
 def _match(graph: _Graph, softmax) -> _AttentionMatch | None:
-    removed = [softmax]
     # Scores: Add(Add(Div(MatMul(Q, K^T), c), position_bias)?, mask)
     node = graph.producer.get(softmax.input[0])
     position_bias = None
     mask_add = node if node is not None and node.op_type == "Add" else None
     if mask_add is None:
         return None
-    removed.append(mask_add)
     inner = graph.producer.get(mask_add.input[0])
     if inner is not None and inner.op_type == "Add":  # MPNet: + position bias
-        removed.append(inner)
         bias_name = inner.input[1]
         expand = graph.producer.get(bias_name)
         position_bias = expand.input[0] if expand is not None and expand.op_type == "Expand" else bias_name
@@ -154,11 +148,9 @@ def _match(graph: _Graph, softmax) -> _AttentionMatch | None:
     if constant is None or constant.size != 1:
         return None
     scale = float(1.0 / constant.reshape(-1)[0]) if inner.op_type == "Div" else float(constant.reshape(-1)[0])
-    removed.append(inner)
     scores = graph.producer.get(inner.input[0])
     if scores is None or scores.op_type != "MatMul":
         return None
-    removed.append(scores)
     query = _heads_input(graph, graph.producer.get(scores.input[0]), perm=_HEADS_FIRST)
     key = _heads_input(graph, graph.producer.get(scores.input[1]), perm=_KEYS_TRANSPOSED)
     # Context: MatMul(probs, V) -> Transpose -> Reshape([B, S, hidden])
@@ -172,7 +164,6 @@ def _match(graph: _Graph, softmax) -> _AttentionMatch | None:
     reshape = graph.only_child(transpose.output[0], "Reshape")
     if query is None or value is None or reshape is None:
         return None
-    removed += [context, transpose, reshape]
     projections = [_projection(graph, t[0]) for t in (query, key, value)]
     if any(p is None for p in projections):
         return None
@@ -184,10 +175,8 @@ def _match(graph: _Graph, softmax) -> _AttentionMatch | None:
     num_heads = hidden // query[1]
     if not (projections[0].matmul.input[0] == projections[1].matmul.input[0] == projections[2].matmul.input[0]):
         return None  # not self-attention
-    for _, _, path in (query, key, value):
-        removed += path
-    return _AttentionMatch(softmax, *projections, scale=scale, position_bias=position_bias, num_heads=num_heads,
-                           output=reshape.output[0], removed=removed)
+    return _AttentionMatch(reshape, *projections, scale=scale, position_bias=position_bias, num_heads=num_heads,
+                           output=reshape.output[0])
 
 
 def fuse_attention(model) -> int:
@@ -203,10 +192,9 @@ def fuse_attention(model) -> int:
         raise FusionError("the graph has no attention_mask input to take the key padding mask from")
 
     mask_int32 = "attention_fusion/key_padding_mask"
-    new_nodes = {}  # output projection's input tensor -> nodes that replace the block
+    replacements = {}  # id(context Reshape) -> the nodes that take its place
     prologue = [helper.make_node("Cast", ["attention_mask"], [mask_int32], to=TensorProto.INT32,
                                  name="/attention_fusion/Cast_mask")]
-    dead = set()
     for match in matches:
         prefix = match.query.matmul.name.rsplit("/", 2)[0]  # e.g. /transformer/encoder/layer.0/attention/attn
         weights = [p.weight for p in (match.query, match.key, match.value)]
@@ -225,21 +213,15 @@ def fuse_attention(model) -> int:
                              domain=CONTRIB_DOMAIN, num_heads=match.num_heads, scale=match.scale,
                              name=f"{prefix}/{FUSED_OP}"),
         ]
-        new_nodes[id(match.softmax)] = nodes
+        replacements[id(match.context_reshape)] = nodes
         # ONNX shape inference does not know contrib ops; declare the output type for later tools (quantizer).
         model.graph.value_info.append(helper.make_tensor_value_info(match.output, TensorProto.FLOAT, None))
-        for p in (match.query, match.key, match.value):
-            dead.update(id(n) for n in (p.matmul, p.add))
-        dead.update(id(n) for n in match.removed)
 
+    # Each block takes the place of its context Reshape, which comes after everything the block reads, so
+    # the graph stays topologically sorted; the old per-layer ops, now unread, are pruned.
     rebuilt = list(prologue)
     for node in model.graph.node:
-        if id(node) in new_nodes:
-            rebuilt.extend(new_nodes[id(node)])
-        if id(node) not in dead:
-            rebuilt.append(node)
-    # Each fused block needs its inputs defined before it: the Softmax's place is after the position bias
-    # and the projections' input, so keep the graph's order and place blocks where their Softmax was.
+        rebuilt.extend(replacements.get(id(node), [node]))
     del model.graph.node[:]
     model.graph.node.extend(rebuilt)
     _drop_unused(model)

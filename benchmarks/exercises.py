@@ -1,4 +1,8 @@
-"""The lab's measurements. Each function times its variants on every input case and records them."""
+"""The lab's measurements. Each function times its variants on every input case and records them.
+
+Artifacts load through the manifest and the runtime's loaders; rows carry the manifest's variant names
+(torch_int8, onnx_optimized, ...) where they time a built artifact.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .timing import Timing, summarize, time_calls
+from runtime import onnx_runner, torch_encoder
+from runtime.manifest import Manifest
 
+from .inputs import InputCase
+from .recorder import Recorder
+from .timing import Timing, dynamo_graph_count, summarize, time_calls
+
+# What the GPU lab measures (benchmarks.gpu_lab), recorded as skipped rows where CUDA is absent.
 GPU_VARIANTS = [
     ("ex4", "gpu_fp32"), ("ex4", "gpu_fp16"), ("ex4", "gpu_bf16"), ("ex4", "gpu_autocast_fp16"),
     ("ex4", "h2d_copy_pageable"), ("ex4", "h2d_copy_pinned"),
@@ -23,13 +33,30 @@ GPU_VARIANTS = [
 class Context:
     args: argparse.Namespace
     artifacts: Path
-    manifest: dict
-    pooling: object
-    model_dir: Path
-    cases: list
-    recorder: object
+    manifest: Manifest
+    cases: list[InputCase]
+    recorder: Recorder
     extras: dict
     fp32: object = None
+
+    def torch_variant(self, variant: str):
+        return torch_encoder.load_variant(self.artifacts, self.manifest, variant)
+
+
+#: ONNX variants timed by Ex6, in this order, where the manifest has them
+EX6_VARIANTS = ("onnx_fp32", "onnx_optimized", "onnx_fused", "onnx_int8", "onnx_int8_smooth")
+EX3_VARIANTS = ("torch_int8", "torch_int8_smooth")
+
+
+def planned_measurements(manifest: Manifest, exercises: set[str], cases: int) -> int:
+    """How many timed measurements a run makes (the basis of its progress and time estimate)."""
+    counts = {
+        "ex1": 4 * cases,
+        "ex2": 2 * cases,
+        "ex3": cases * sum(v in manifest.artifacts for v in EX3_VARIANTS),
+        "ex6": (1 + cases) * sum(v in manifest.artifacts for v in EX6_VARIANTS),
+    }
+    return sum(n for name, n in counts.items() if name in exercises)
 
 
 def _tensors(case, device="cpu"):
@@ -50,9 +77,7 @@ def reference_embeddings(ctx: Context) -> None:
     """fp32 eager, eval() + inference_mode(): the fidelity reference for every other variant."""
     import torch
 
-    from build_artifacts import torch_runtime
-
-    ctx.fp32 = torch_runtime.load_fp32(ctx.artifacts / "fp32", ctx.pooling)
+    ctx.fp32 = ctx.torch_variant("torch_fp32")
     for case in ctx.cases:
         ids, mask = _tensors(case)
         with torch.inference_mode():
@@ -89,10 +114,15 @@ def ex1_modes(ctx: Context) -> None:
     model.eval()
 
 
-def dynamo_graph_count() -> int:
-    from torch._dynamo.utils import counters
+def temp_bytes_of_state_dict(module) -> int:
+    import tempfile
 
-    return int(counters["stats"]["unique_graphs"])
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state.pt"
+        torch.save(module.state_dict(), path)
+        return path.stat().st_size
 
 
 def ex2_compile(ctx: Context) -> None:
@@ -124,69 +154,52 @@ def ex2_compile(ctx: Context) -> None:
 def ex3_int8(ctx: Context) -> None:
     import torch
 
-    from build_artifacts import torch_runtime
-
-    from .run import temp_bytes_of_state_dict
-
     print("Ex3: dynamic int8 quantization (torch.ao quantize_dynamic)", flush=True)
-    quantized = torch_runtime.load_quantized(ctx.artifacts / "torch_int8", ctx.pooling)
-    example = next((name, m) for name, m in quantized.named_modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__)
-    ctx.extras["int8_module_example"] = {"name": example[0], "printed": repr(example[1]),
-                                         "class": f"{type(example[1]).__module__}.{type(example[1]).__name__}"}
-    ctx.extras["state_dict_bytes"] = {"fp32": temp_bytes_of_state_dict(ctx.fp32),
-                                      "int8": temp_bytes_of_state_dict(quantized)}
-    ctx.extras["state_dict_bytes"]["ratio"] = round(ctx.extras["state_dict_bytes"]["fp32"] / ctx.extras["state_dict_bytes"]["int8"], 2)
-    print(f"  printed module {example[0]}: {example[1]!r}")
-    print(f"  state_dict bytes: fp32 {ctx.extras['state_dict_bytes']['fp32']:,}, int8 {ctx.extras['state_dict_bytes']['int8']:,}")
-    for case in ctx.cases:
-        ids, mask = _tensors(case)
-
-        def call():
-            with torch.inference_mode():
-                return quantized(ids, mask)
-
-        ctx.recorder.add("ex3", "int8_dynamic", case, _timed(ctx, call), _numpy(call()))
-    smooth_dir = ctx.artifacts / "torch_int8_smooth"
-    if smooth_dir.is_dir():  # the faithful int8 (SmoothQuant); older artifact folders lack it
-        from build_artifacts import torch_smooth
-
-        smoothed = torch_smooth.load(smooth_dir, ctx.pooling)
+    for variant in EX3_VARIANTS:
+        if variant not in ctx.manifest.artifacts:  # older artifact folders lack the SmoothQuant one
+            continue
+        quantized = ctx.torch_variant(variant)
+        if variant == "torch_int8":
+            _describe_int8(ctx, quantized)
         for case in ctx.cases:
             ids, mask = _tensors(case)
 
-            def call_smooth(ids=ids, mask=mask):
+            def call(model=quantized, ids=ids, mask=mask):
                 with torch.inference_mode():
-                    return smoothed(ids, mask)
+                    return model(ids, mask)
 
-            ctx.recorder.add("ex3", "int8_smoothquant", case, _timed(ctx, call_smooth), _numpy(call_smooth()))
+            ctx.recorder.add("ex3", variant, case, _timed(ctx, call), _numpy(call()))
+
+
+def _describe_int8(ctx: Context, quantized) -> None:
+    example = next((name, m) for name, m in quantized.named_modules()
+                   if type(m).__name__ == "Linear" and "quantized" in type(m).__module__)
+    ctx.extras["int8_module_example"] = {"name": example[0], "printed": repr(example[1]),
+                                         "class": f"{type(example[1]).__module__}.{type(example[1]).__name__}"}
+    sizes = {"fp32": temp_bytes_of_state_dict(ctx.fp32), "int8": temp_bytes_of_state_dict(quantized)}
+    sizes["ratio"] = round(sizes["fp32"] / sizes["int8"], 2)
+    ctx.extras["state_dict_bytes"] = sizes
+    print(f"  printed module {example[0]}: {example[1]!r}")
+    print(f"  state_dict bytes: fp32 {sizes['fp32']:,}, int8 {sizes['int8']:,}")
 
 
 def ex6_onnxruntime(ctx: Context) -> None:
-    from build_artifacts.onnx_runner import OnnxSentenceRunner
-
     print("Ex6: ONNX Runtime online vs offline optimization, fused attention, int8 ONNX", flush=True)
-    onnx_dir = ctx.artifacts / "onnx"
-    sessions = {
-        "onnx_online": (onnx_dir / "model.onnx", True),
-        "onnx_offline": (onnx_dir / "model.optimized.onnx", False),
-        "onnx_fused_attention": (onnx_dir / "model.fused.onnx", True),
-        "onnx_int8": (onnx_dir / "model.int8.onnx", True),
-        "onnx_int8_smooth": (onnx_dir / "model.int8_smooth.onnx", True),
-    }
-    sessions = {k: v for k, v in sessions.items() if v[0].is_file()}  # older artifact folders lack some
+    variants = [v for v in EX6_VARIANTS if v in ctx.manifest.artifacts]  # older artifact folders lack some
     short = ctx.cases[0]
     cold = {}
-    for variant, (path, optimize) in sessions.items():
+    for variant in variants:
         # Cold start: session creation (with or without graph optimization) plus the first inference.
         samples = []
         for _ in range(min(3, ctx.args.runs)):
             t0 = time.perf_counter()
-            runner = OnnxSentenceRunner(path, threads=ctx.args.threads, optimize=optimize)
+            runner = onnx_runner.load_variant(ctx.artifacts, ctx.manifest, variant, threads=ctx.args.threads)
             first = runner.run(short.input_ids, short.attention_mask)
             samples.append((time.perf_counter() - t0) * 1000.0)
         cold[variant] = round(float(np.median(samples)), 1)
+        optimized = "with" if onnx_runner.optimize_at_load(variant) else "without"
         ctx.recorder.add("ex6", f"{variant}_cold_start", short, summarize(samples), first,
-                         note="session creation + first inference")
+                         note=f"session creation ({optimized} graph optimization) + first inference")
         for case in ctx.cases:
             def call(runner=runner, case=case):
                 return runner.run(case.input_ids, case.attention_mask)
@@ -213,61 +226,15 @@ def gpu_exercises(ctx: Context) -> None:
 
 
 def _run_gpu(ctx: Context) -> None:
-    import torch
+    """Ex4/Ex5 with CUDA: the GPU lab's sections (one implementation, benchmarks.gpu_lab) on this
+    artifact's trained fp32 weights; its results.json/.md go to OUT/gpu and into extras["gpu_lab"]."""
+    from . import gpu_lab
 
-    print(f"Ex4/Ex5 on {torch.cuda.get_device_name(0)}", flush=True)
-    device = torch.device("cuda")
-    sync = torch.cuda.synchronize
-    major, minor = torch.cuda.get_device_capability(0)
-    ctx.extras["tensor_cores"] = {
-        "device": torch.cuda.get_device_name(0),
-        "capability": f"{major}.{minor}",
-        "fp16_tensor_cores": major >= 7,
-        "bf16_tensor_cores": major >= 8,
-        "tf32_matmul_allowed": bool(torch.backends.cuda.matmul.allow_tf32),
-    }
-    fp32 = copy.deepcopy(ctx.fp32).to(device).eval()
-    fp16 = copy.deepcopy(fp32).half()
-    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
-    add = ctx.recorder.add
-    for case in ctx.cases:
-        ids, mask = _tensors(case, device)
-
-        def run(model, autocast=False):
-            def call():
-                with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
-                    return model(ids, mask)
-            return call
-
-        for variant, call in (("gpu_fp32", run(fp32)), ("gpu_fp16", run(fp16)), ("gpu_bf16", run(bf16)),
-                              ("gpu_autocast_fp16", run(fp32, autocast=True))):
-            add("ex4", variant, case, _timed(ctx, call, sync), _numpy(call()), device="cuda")
-        host_ids, host_mask = _tensors(case)
-        pinned_ids, pinned_mask = host_ids.pin_memory(), host_mask.pin_memory()
-        add("ex4", "h2d_copy_pageable", case,
-            _timed(ctx, lambda: (host_ids.to(device), host_mask.to(device)), sync), None, device="cuda")
-        add("ex4", "h2d_copy_pinned", case,
-            _timed(ctx, lambda: (pinned_ids.to(device, non_blocking=True), pinned_mask.to(device, non_blocking=True)), sync),
-            None, device="cuda")
-    compile_log = []
-    for mode, variant in ((None, "compile_default_gpu"), ("max-autotune", "compile_max-autotune"),
-                          ("max-autotune-no-cudagraphs", "compile_max-autotune-no-cudagraphs")):
-        torch._dynamo.reset()
-        compiled = torch.compile(fp32, mode=mode) if mode else torch.compile(fp32)
-        for case in ctx.cases:
-            ids, mask = _tensors(case, device)
-
-            def call(compiled=compiled, ids=ids, mask=mask):
-                with torch.no_grad():
-                    return compiled(ids, mask)
-
-            graphs_before = dynamo_graph_count()
-            t0 = time.perf_counter()
-            first = call()
-            sync()
-            first_ms = (time.perf_counter() - t0) * 1000.0
-            compile_log.append({"mode": mode or "default", "input": case.name, "first_call_ms": round(first_ms, 1),
-                                "graphs_compiled": dynamo_graph_count() - graphs_before})
-            add("ex5", variant, case, _timed(ctx, call, sync), _numpy(first), device="cuda",
-                note=f"first call {first_ms:.0f} ms incl. compilation")
-    ctx.extras["compile_gpu"] = compile_log
+    args = gpu_lab.parse_args(["--tokenizer", str(ctx.artifacts / ctx.manifest.tokenizer.path),
+                               "--out", str(ctx.args.out / "gpu"), "--runs", str(ctx.args.runs),
+                               "--max-tokens", str(ctx.manifest.model.max_seq_length)])
+    lab = gpu_lab.Lab(args, transformer=ctx.fp32.transformer)
+    for name in args.sections.split(","):
+        lab.run_section(name, getattr(lab, name))
+    lab.write()
+    ctx.extras["gpu_lab"] = lab.results

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # ORT's "consider pre-processing" hint on the root logger
-    from build_artifacts.onnx_runner import session_options
+    from runtime.onnx_runner import session_options
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gemm_ceiling", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args(argv)
     options = session_options(args.threads, optimize=True)
-    print(f"{'layer':<18} {'tokens':>6} {'fp32 ms':>9} {'int8 ms':>9} {'int8 x':>7} {'fp32 GFLOP/s':>13} {'int8 GOP/s':>11}")
+    print(f"{'layer':<18} {'tokens':>6} {'fp32 ms':>9} {'int8 ms':>9} {'int8 x':>7} {'fp32 GFLOP/s':>13} "
+          f"{'int8 GOP/s':>11}")
     with tempfile.TemporaryDirectory() as tmp:
         for label, (k, n) in SHAPES.items():
             fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
@@ -68,7 +69,8 @@ def main(argv=None) -> int:
                 runs = args.runs if tokens < 100 else max(10, args.runs // 3)
                 a, b = _median_ms(fp32, x, runs), _median_ms(int8, x, runs)
                 flops = 2.0 * tokens * k * n
-                print(f"{label:<18} {tokens:>6} {a:9.3f} {b:9.3f} {a / b:7.2f} {flops / a / 1e6:13.1f} {flops / b / 1e6:11.1f}")
+                print(f"{label:<18} {tokens:>6} {a:9.3f} {b:9.3f} {a / b:7.2f} {flops / a / 1e6:13.1f} "
+                      f"{flops / b / 1e6:11.1f}")
     return 0
 
 

@@ -31,10 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from build_artifacts.similarity import parity_report
+from runtime.similarity import parity_report
 
-from .exercises import dynamo_graph_count
-from .timing import time_calls
+from .timing import dynamo_graph_count, time_calls
 
 REFERENCE_CONFIG = dict(vocab_size=30527, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                         intermediate_size=3072, relative_attention_num_buckets=32, max_position_embeddings=514,
@@ -45,10 +44,12 @@ COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune")
 
 
 class Lab:
-    def __init__(self, args):
+    def __init__(self, args, transformer=None):
+        """`transformer`: trained weights to use instead of the random reference configuration."""
         import torch
 
         self.args, self.torch = args, torch
+        self.transformer = transformer
         self.device = torch.device(args.device)
         self.started = time.perf_counter()
         self.results: dict = {"environment": self._environment(), "sections": {}, "skipped": {}}
@@ -63,6 +64,8 @@ class Lab:
         env = {"python": platform.python_version(), "torch": torch.__version__, "device": self.args.device,
                "cpu_threads": torch.get_num_threads(), "weights": "random (seed 0), MPNet-base reference configuration",
                "config": TINY_CONFIG if self.args.tiny else REFERENCE_CONFIG}
+        if self.transformer is not None:
+            env["weights"], env["config"] = "trained (the artifact's fp32 weights)", self.transformer.config.to_dict()
         try:
             import transformers
 
@@ -78,7 +81,7 @@ class Lab:
 
     def _batches(self) -> dict:
         from build_artifacts.corpus import calibration_sentences, english_sentences
-        from build_artifacts.tokenization import TextTokenizer
+        from runtime.tokenization import TextTokenizer
 
         tokenizer = TextTokenizer(Path(self.args.tokenizer), max_length=self.args.max_tokens)
         texts = list(english_sentences()) + list(calibration_sentences())
@@ -91,6 +94,10 @@ class Lab:
         return out
 
     def _model(self, dtype):
+        if self.transformer is not None:
+            import copy
+
+            return copy.deepcopy(self.transformer).to(self.device, dtype).eval()
         from transformers import MPNetConfig, MPNetModel
 
         config = MPNetConfig(**(TINY_CONFIG if self.args.tiny else REFERENCE_CONFIG))
@@ -163,7 +170,8 @@ class Lab:
         for size in BATCH_SIZES:
             ids, mask = self._inputs(size, cpu)
             cpu_runs = {1: 10, 32: 3}.get(size, 2)  # the CPU side is slow at batch 128; a few runs suffice
-            row = {"batch": size, "cpu": self._time(lambda: self._forward(cpu_model, ids, mask), cpu_runs, 1, cpu)}
+            row = {"batch": size,
+                   "cpu": self._time(lambda m=cpu_model, i=ids, k=mask: self._forward(m, i, k), cpu_runs, 1, cpu)}
             if self.device.type == "cuda":
                 gids, gmask = self._inputs(size)
                 row["gpu"] = self._time(lambda: self._forward(self.fp32, gids, gmask), self._runs(size))
@@ -191,7 +199,7 @@ class Lab:
         rows.append({"batch": "128x384 (max length)", "bytes": int(big.numel() * 8 * 2),
                      "pageable": self._time(lambda: (big.to(self.device), big.to(self.device)), 50),
                      "pinned_non_blocking": self._time(
-                         lambda p=big.pin_memory(): (p.to(self.device, non_blocking=True),
+                         lambda p=big.pin_memory(): (p.to(self.device, non_blocking=True),  # noqa: B008 - pinned once
                                                      p.to(self.device, non_blocking=True)), 50)})
         return {"what": "input_ids + attention_mask (int64) host to device, synchronized", "rows": rows}
 
@@ -204,7 +212,8 @@ class Lab:
             fp16 = None  # fp16 matmuls on CPU are not a lab path
         candidates = [("fp32", self.fp32, None, False), ("fp32_tf32", self.fp32, None, True),
                       ("fp16", fp16, None, False), ("bf16", bf16, None, False),
-                      ("autocast_fp16", self.fp32, torch.float16, False), ("autocast_bf16", self.fp32, torch.bfloat16, False)]
+                      ("autocast_fp16", self.fp32, torch.float16, False),
+                      ("autocast_bf16", self.fp32, torch.bfloat16, False)]
         for name, model, autocast_dtype, tf32 in candidates:
             if model is None or (tf32 and self.device.type != "cuda"):
                 continue
@@ -213,7 +222,8 @@ class Lab:
             for size in BATCH_SIZES:
                 ids, mask = self._inputs(size)
                 row[f"b{size}"] = self._time(lambda: self._forward(model, ids, mask, autocast_dtype), self._runs(size))
-                row[f"b{size}_fidelity"] = self._fidelity(self._embed(model, size, autocast_dtype), self.reference[size])
+                row[f"b{size}_fidelity"] = self._fidelity(self._embed(model, size, autocast_dtype),
+                                                          self.reference[size])
             variants.append(row)
         torch.backends.cuda.matmul.allow_tf32 = tf32_before
         self.fp16 = fp16 if fp16 is not None else bf16
@@ -271,10 +281,12 @@ def render_markdown(results: dict) -> str:
     env = results["environment"]
     lines = [f"# GPU lab (Ex4, Ex5) on {env.get('gpu', env['device'])}", "",
              f"Model: {env['weights']}. torch {env['torch']}, CUDA {env.get('cuda')}, inputs "
-             f"{env.get('inputs')} (batch x tokens, real sentences, real MPNet tokenizer). Times are medians in ms.", ""]
+             f"{env.get('inputs')} (batch x tokens, real sentences, real MPNet tokenizer). "
+             "Times are medians in ms.", ""]
     sections = results["sections"]
     if "placement" in sections and "rows" in sections["placement"]:
-        lines += ["## Placement: fp32 eager, CPU vs GPU", "", "| batch | CPU ms | GPU ms | GPU speedup | min cos GPU vs CPU |",
+        lines += ["## Placement: fp32 eager, CPU vs GPU", "",
+                  "| batch | CPU ms | GPU ms | GPU speedup | min cos GPU vs CPU |",
                   "|---|---|---|---|---|"]
         for r in sections["placement"]["rows"]:
             gpu = r.get("gpu", {}).get("median_ms")
@@ -282,7 +294,8 @@ def render_markdown(results: dict) -> str:
                          f"{r.get('gpu_vs_cpu', '-')} | {r.get('fidelity_gpu_vs_cpu', {}).get('min_cosine', '-')} |")
         lines.append("")
     if "copy" in sections and "rows" in sections["copy"]:
-        lines += ["## Host-to-device copy of a tokenized batch", "", "| batch | bytes | pageable ms | pinned non_blocking ms |",
+        lines += ["## Host-to-device copy of a tokenized batch", "",
+                  "| batch | bytes | pageable ms | pinned non_blocking ms |",
                   "|---|---|---|---|"]
         for r in sections["copy"]["rows"]:
             lines.append(f"| {r['batch']} | {r['bytes']} | {r['pageable']['median_ms']:.4f} | "
@@ -290,7 +303,8 @@ def render_markdown(results: dict) -> str:
         lines.append("")
     if "precision" in sections and "rows" in sections["precision"]:
         lines += ["## Precision (eager): time and fidelity vs fp32", "",
-                  "| variant | b1 ms | b32 ms | b128 ms | b32 x vs fp32 | b128 x vs fp32 | min cos (b128) | mean cos (b128) |",
+                  "| variant | b1 ms | b32 ms | b128 ms | b32 x vs fp32 | b128 x vs fp32 | min cos (b128) "
+                  "| mean cos (b128) |",
                   "|---|---|---|---|---|---|---|---|"]
         rows = sections["precision"]["rows"]
         base = rows[0] if rows else None
@@ -311,7 +325,8 @@ def render_markdown(results: dict) -> str:
                 lines.append(f"| {r['mode']} | - | {r.get('skipped') or r.get('error', '')} | | | |")
                 continue
             for s in r["sizes"]:
-                lines.append(f"| {r['mode']} ({r['dtype']}) | {s['batch']} | {s['first_call_ms']:.0f} | {s['graphs_compiled']} | "
+                lines.append(f"| {r['mode']} ({r['dtype']}) | {s['batch']} | {s['first_call_ms']:.0f} | "
+                             f"{s['graphs_compiled']} | "
                              f"{s['steady']['median_ms']:.2f} | {s['fidelity_vs_fp32']['min_cosine']:.5f} |")
             for key in ("error", "sizes_skipped"):
                 if r.get(key):

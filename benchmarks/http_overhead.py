@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .run import SHORT_TEXT
+from .inputs import SHORT_TEXT
 from .timing import percentile
 
 
@@ -34,8 +34,7 @@ def sequential_latency(base_url: str, requests: int, warmup: int = 5, text: str 
             samples.append((time.perf_counter() - started) * 1000.0)
             response.raise_for_status()
             server_inference.append(float(response.headers["x-inference-time"]))
-    return {"requests": requests, "mean": round(statistics.fmean(samples), 2), "median": round(statistics.median(samples), 2),
-            "p95": round(percentile(samples, 0.95), 2), "server_inference_median": round(statistics.median(server_inference), 2)}
+    return {**_stats(samples, requests), "server_inference_median": round(statistics.median(server_inference), 2)}
 
 
 def in_process_latency(embedder, requests: int, warmup: int = 5, text: str = SHORT_TEXT) -> dict:
@@ -46,8 +45,12 @@ def in_process_latency(embedder, requests: int, warmup: int = 5, text: str = SHO
         started = time.perf_counter()
         embedder.embed([text])
         samples.append((time.perf_counter() - started) * 1000.0)
-    return {"requests": requests, "mean": round(statistics.fmean(samples), 2), "median": round(statistics.median(samples), 2),
-            "p95": round(percentile(samples, 0.95), 2)}
+    return _stats(samples, requests)
+
+
+def _stats(samples: list[float], requests: int) -> dict:
+    return {"requests": requests, "mean": round(statistics.fmean(samples), 2),
+            "median": round(statistics.median(samples), 2), "p95": round(percentile(samples, 0.95), 2)}
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""Timing loop and statistics (no torch)."""
+"""Timing loop and statistics (torch only inside dynamo_graph_count)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def summarize(samples_ms: list[float]) -> Timing:
 
 
 def time_calls(
-    fn: Callable[[], object], runs: int, warmup: int, budget_s: float | None = None, sync: Callable[[], None] | None = None
+    fn: Callable[[], object], runs: int, warmup: int, budget_s: float | None = None,
+    sync: Callable[[], None] | None = None,
 ) -> Timing:
     """Call fn `warmup` times untimed, then up to `runs` timed calls (fewer if budget_s runs out, min 2)."""
     for _ in range(warmup):
@@ -56,3 +57,10 @@ def time_calls(
         if budget_s is not None and len(samples) >= 2 and time.perf_counter() - started > budget_s:
             break
     return summarize(samples)
+
+
+def dynamo_graph_count() -> int:
+    """Graphs torch.compile has compiled so far in this process."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])

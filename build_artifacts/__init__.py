@@ -1,5 +1,6 @@
-"""Model -> deployable artifacts (fp32 weights, int8 torch, ONNX, optimized ONNX, int8 ONNX) + manifest.
+"""Model -> deployable artifacts + manifest.json: the offline stage (export, optimize, fuse, quantize, parity).
 
-Kept free of heavy imports: the ONNX service imports the torch-free modules of this package
-(corpus, tokenization, onnx_runner, manifest) without pulling in torch.
+`python -m build_artifacts --model M --out DIR`. Steps live in build.py (one per variant), their constants
+in recipe.py (written into the manifest). What loads and runs the result is the `runtime` package, which
+never imports this one; the services and their images do not contain it.
 """

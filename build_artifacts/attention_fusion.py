@@ -207,7 +207,8 @@ def fuse_attention(model) -> int:
         model.graph.initializer.append(numpy_helper.from_array(np.array([hidden] * 3, dtype=np.int64), split_sizes))
         packed, q, k, v = (f"{prefix}/qkv/{s}" for s in ("MatMul_output_0", "q", "k", "v"))
         nodes = [
-            helper.make_node("MatMul", [match.query.matmul.input[0], weight_name], [packed], name=f"{prefix}/qkv/MatMul"),
+            helper.make_node("MatMul", [match.query.matmul.input[0], weight_name], [packed],
+                             name=f"{prefix}/qkv/MatMul"),
             helper.make_node("Split", [packed, split_sizes], [q, k, v], axis=-1, name=f"{prefix}/qkv/Split"),
             helper.make_node(FUSED_OP, [q, k, v, bias_name, mask_int32, match.position_bias or ""], [match.output],
                              domain=CONTRIB_DOMAIN, num_heads=match.num_heads, scale=match.scale,

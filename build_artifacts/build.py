@@ -13,20 +13,21 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+from runtime.manifest import MANIFEST_FILE, ArtifactRecord, FileEntry, Manifest, Parity, TokenizerInfo
+from runtime.similarity import PARITY_MIN_COSINE, parity_report
+
 from .corpus import calibration_sentences, parity_sentences
-from .manifest import MANIFEST_FILE, describe_files, write_json_atomic
-from .model_loading import DEFAULT_MODEL, ModelUnavailableError, PoolingSpec, read_pooling_spec, resolve_model_dir
-from .similarity import PARITY_MIN_COSINE, parity_report
+from .model_loading import DEFAULT_MODEL, ModelUnavailableError, read_pooling_spec, resolve_model_dir
+from .recipe import DEFAULT_RECIPE, Recipe
 
 # Sentence-transformers files copied next to the fp32 weights so the folder loads anywhere.
 _ST_FILES = ["modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json"]
 _TOOLS = ["torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy", "safetensors"]
-PARITY_BATCH = 8
-FUSION_MIN_COSINE = 0.9999  # fused fp32 graph vs fp32 torch: a rewrite, not an approximation
 
 
 class BuildError(RuntimeError):
@@ -60,30 +61,33 @@ def tool_versions() -> dict:
 def check_destination(out: Path, model_dir: Path, force: bool) -> None:
     out_abs, model_abs = out.resolve(), model_dir.resolve()
     if out_abs == model_abs or model_abs in out_abs.parents:
-        raise BuildError(f"Refusing to write artifacts into the model's own folder ({model_abs}). Choose another --out.")
+        raise BuildError(f"Refusing to write artifacts into the model's own folder ({model_abs}). "
+                         "Choose another --out.")
     if out_abs.exists() and not force:
         raise BuildError(f"'{out}' already exists. Pass --force to replace it.")
     if out_abs.exists() and not out_abs.is_dir():
         raise BuildError(f"'{out}' exists and is not a folder.")
 
 
-def embed_in_batches(run, tokenizer, texts: list[str]):
+def embed_in_batches(run, tokenizer, texts: list[str], batch_size: int = DEFAULT_RECIPE.parity_batch):
     import numpy as np
 
     rows = []
-    for start in range(0, len(texts), PARITY_BATCH):
-        batch = tokenizer.encode(texts[start : start + PARITY_BATCH])
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer.encode(texts[start : start + batch_size])
         rows.append(run(batch.input_ids, batch.attention_mask))
     return np.concatenate(rows, axis=0)
 
 
-def build(model: str, out: Path, force: bool = False, threads: int | None = None, opset: int = 17) -> dict:
+def build(model: str, out: Path, force: bool = False, threads: int | None = None, opset: int = 17,
+          recipe: Recipe | None = None) -> Manifest:
+    recipe = replace(recipe or DEFAULT_RECIPE, onnx_opset=opset)
     model_dir = resolve_model_dir(model)
     check_destination(out, model_dir, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
-        manifest = _build_into(model, model_dir, staging, threads, opset)
+        manifest = _build_into(model, model_dir, staging, threads, recipe)
         _swap_into_place(staging, out)
         return manifest
     except BaseException:
@@ -101,210 +105,259 @@ def _swap_into_place(staging: Path, out: Path) -> None:
         staging.rename(out)
 
 
-def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None, opset: int) -> dict:
+@dataclass
+class BuildState:
+    """What the steps share: the model, the staging folder, the fp32 reference, and the records so far."""
+
+    model: str
+    model_dir: Path
+    staging: Path
+    threads: int | None
+    recipe: Recipe
+    texts: list[str] = field(default_factory=parity_sentences)
+    artifacts: dict[str, ArtifactRecord] = field(default_factory=dict)
+    fusion: dict = field(default_factory=dict)
+    hf_tokenizer: object = None
+    tokenizer: object = None  # runtime.tokenization.TextTokenizer
+    pooling: object = None  # runtime.pooling.PoolingSpec
+    encoder: object = None  # fp32 SentenceEncoder
+    reference: object = None  # fp32 embeddings of the parity texts
+    dimension: int = 0
+
+    @property
+    def onnx_dir(self) -> Path:
+        return self.staging / "onnx"
+
+    def calibration_batches(self):
+        texts, size = calibration_sentences(), self.recipe.parity_batch
+        batches = [texts[i : i + size] for i in range(0, len(texts), size)]
+        return ((b.input_ids, b.attention_mask) for b in map(self.tokenizer.encode, batches))
+
+    def parity(self, run) -> Parity:
+        embeddings = embed_in_batches(run, self.tokenizer, self.texts, self.recipe.parity_batch)
+        return Parity.from_dict(parity_report(embeddings, self.reference))
+
+    def record_torch(self, variant: str, rel_path: str, precision: str, notes: str, **extra) -> str:
+        """Reload what was saved through the runtime's loader (proves it loads), embed the parity texts, record it."""
+        from runtime import torch_encoder
+
+        model = torch_encoder.LOADERS[variant](self.staging / rel_path, self.pooling)
+        parity = self.parity(lambda i, m: torch_encoder.embed(model, i, m))
+        return self._record(variant, rel_path, "torch", precision, parity, notes, extra)
+
+    def record_onnx(self, variant: str, rel_path: str, precision: str, notes: str, **extra) -> str:
+        from runtime.onnx_runner import OnnxSentenceRunner, optimize_at_load
+
+        runner = OnnxSentenceRunner(self.staging / rel_path, threads=self.threads, optimize=optimize_at_load(variant))
+        return self._record(variant, rel_path, "onnx", precision, self.parity(runner.run), notes, extra)
+
+    def _record(self, variant, rel_path, runtime, precision, parity, notes, extra) -> str:
+        self.artifacts[variant] = ArtifactRecord.describe(self.staging, rel_path, runtime, precision, parity, notes,
+                                                          **extra)
+        return parity.describe()
+
+
+def load_reference(state: BuildState) -> str:
     from transformers import AutoTokenizer
 
-    from . import torch_runtime
-    from .onnx_runner import OnnxSentenceRunner, session_options
-    from .tokenization import TextTokenizer
+    from runtime import torch_encoder
+    from runtime.tokenization import TextTokenizer
 
-    progress = Progress(total=10)
-    torch_runtime.quiet_libraries()
-    torch_runtime.set_threads(threads)
-    texts = parity_sentences()
-    artifacts: dict[str, dict] = {}
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(state.model_dir), use_fast=True)
+    max_length = hf_tokenizer.model_max_length if hf_tokenizer.model_max_length < 100_000 else None
+    state.pooling = pooling = read_pooling_spec(state.model_dir, max_length)
+    state.encoder = torch_encoder.load_fp32(state.model_dir, pooling)
+    hf_tokenizer.save_pretrained(str(state.staging / "tokenizer"))
+    state.hf_tokenizer = hf_tokenizer
+    state.tokenizer = TextTokenizer(state.staging / "tokenizer" / "tokenizer.json", pooling.max_seq_length)
+    state.reference = embed_in_batches(lambda i, m: torch_encoder.embed(state.encoder, i, m), state.tokenizer,
+                                       state.texts, state.recipe.parity_batch)
+    state.dimension = int(state.reference.shape[1])
+    return (f"{pooling.mode} pooling, normalize={pooling.normalize}, dim={state.dimension}, "
+            f"max {pooling.max_seq_length} tokens")
 
-    progress.begin(f"loading {model} (fp32)")
-    hf_tokenizer = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)
-    pooling = read_pooling_spec(model_dir, hf_tokenizer.model_max_length if hf_tokenizer.model_max_length < 100_000 else None)
-    encoder = torch_runtime.load_fp32(model_dir, pooling)
-    hf_tokenizer.save_pretrained(str(staging / "tokenizer"))
-    tokenizer = TextTokenizer(staging / "tokenizer" / "tokenizer.json", pooling.max_seq_length)
-    reference = embed_in_batches(lambda i, m: torch_runtime.embed(encoder, i, m), tokenizer, texts)
-    dimension = int(reference.shape[1])
-    progress.end(f"{pooling.mode} pooling, normalize={pooling.normalize}, dim={dimension}, max {pooling.max_seq_length} tokens")
 
-    progress.begin("saving compile-ready fp32 weights (safetensors)")
-    fp32_dir = staging / "fp32"
-    encoder.transformer.save_pretrained(str(fp32_dir), safe_serialization=True)
-    hf_tokenizer.save_pretrained(str(fp32_dir))
+def torch_fp32(state: BuildState) -> str:
+    fp32_dir = state.staging / "fp32"
+    state.encoder.transformer.save_pretrained(str(fp32_dir), safe_serialization=True)
+    state.hf_tokenizer.save_pretrained(str(fp32_dir))
     for rel in _ST_FILES:
-        if (model_dir / rel).is_file():
+        if (state.model_dir / rel).is_file():
             (fp32_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(model_dir / rel, fp32_dir / rel)
-
-    def record_torch(rel_path: str, precision: str, load, notes: str) -> dict:
-        """Reload what was saved (proves it loads), embed the parity texts, record it."""
-        model = load(staging / rel_path, pooling)
-        embeddings = embed_in_batches(lambda i, m: torch_runtime.embed(model, i, m), tokenizer, texts)
-        return _record(staging, rel_path, "torch", precision, texts, reference, embeddings, notes=notes)
-
-    artifacts["torch_fp32"] = record_torch(
-        "fp32", "fp32", torch_runtime.load_fp32,
+            shutil.copyfile(state.model_dir / rel, fp32_dir / rel)
+    return state.record_torch(
+        "torch_fp32", "fp32", "fp32",
         "Hugging Face folder (safetensors); load with AutoModel, eval(), inference_mode(), optional torch.compile.")
-    progress.end(_parity_text(artifacts["torch_fp32"]))
 
-    progress.begin("dynamic int8 quantization (torch.ao quantize_dynamic, nn.Linear, qint8)")
-    quantized = torch_runtime.quantize_dynamic_int8(torch_runtime.load_fp32(model_dir, pooling))
-    torch_runtime.save_quantized(quantized, staging / "torch_int8", model_dir)
+
+def torch_int8(state: BuildState) -> str:
+    from runtime import torch_encoder
+
+    from . import torch_steps
+
+    quantized = torch_encoder.quantize_dynamic_int8(torch_encoder.load_fp32(state.model_dir, state.pooling))
+    torch_steps.save_quantized(quantized, state.staging / "torch_int8", state.model_dir)
     del quantized
-    artifacts["torch_int8"] = record_torch(
-        "torch_int8", "int8-dynamic", torch_runtime.load_quantized,
+    return state.record_torch(
+        "torch_int8", "torch_int8", "int8-dynamic",
         "state_dict of the quantized encoder; load with torch.load(weights_only=True) into a quantized skeleton.")
-    progress.end(_parity_text(artifacts["torch_int8"]))
 
-    progress.begin("SmoothQuant int8 torch (calibrated on other sentences; FFN output layers kept fp32)")
-    from . import torch_smooth
 
-    calibration = [calibration_sentences()[i : i + PARITY_BATCH] for i in range(0, len(calibration_sentences()), PARITY_BATCH)]
+def torch_int8_smooth(state: BuildState) -> str:
+    from runtime import torch_encoder
 
-    def calibration_batches():
-        return ((b.input_ids, b.attention_mask) for b in map(tokenizer.encode, calibration))
+    from . import torch_steps
 
-    smooth_torch, torch_recipe = torch_smooth.smooth_and_quantize(torch_runtime.load_fp32(model_dir, pooling),
-                                                                  calibration_batches())
-    torch_smooth.save(smooth_torch, torch_recipe, staging / "torch_int8_smooth", model_dir)
-    del smooth_torch
-    artifacts["torch_int8_smooth"] = record_torch(
-        "torch_int8_smooth", "int8-dynamic-smoothquant", torch_smooth.load,
-        f"SmoothQuant alpha {torch_recipe['alpha']} on {len(torch_recipe['smoothed_modules'])} Linear layers "
-        f"(qint8 per-channel weights), {torch_recipe['kept_fp32']} FFN output layers fp32; state_dict loaded "
-        "with torch.load(weights_only=True) into a rebuilt skeleton (quantization.json lists the layers).")
-    artifacts["torch_int8_smooth"]["recipe"] = {k: v for k, v in torch_recipe.items() if k != "smoothed_modules"}
-    progress.end(_parity_text(artifacts["torch_int8_smooth"]))
+    r = state.recipe
+    smooth, recipe = torch_steps.smooth_and_quantize(torch_encoder.load_fp32(state.model_dir, state.pooling),
+                                                     state.calibration_batches(), r.torch_smooth_alpha,
+                                                     r.torch_keep_fp32_modules)
+    torch_steps.save_smooth(smooth, recipe, state.staging / "torch_int8_smooth", state.model_dir)
+    del smooth
+    return state.record_torch(
+        "torch_int8_smooth", "torch_int8_smooth", "int8-dynamic-smoothquant",
+        f"SmoothQuant alpha {recipe['alpha']} on {len(recipe['smoothed_modules'])} Linear layers "
+        f"(qint8 per-channel weights), {recipe['kept_fp32']} FFN output layers fp32; state_dict loaded "
+        "with torch.load(weights_only=True) into a rebuilt skeleton (quantization.json lists the layers).",
+        recipe={k: v for k, v in recipe.items() if k != "smoothed_modules"})
 
-    progress.begin(f"exporting ONNX (opset {opset}, dynamic batch and sequence axes)")
-    onnx_dir = staging / "onnx"
-    onnx_dir.mkdir()
-    sample = tokenizer.encode(texts[:2])
-    torch_runtime.export_onnx(encoder, sample.input_ids, sample.attention_mask, onnx_dir / "model.onnx", opset)
 
-    def record_onnx(rel_path: str, precision: str, optimize: bool, notes: str) -> dict:
-        runner = OnnxSentenceRunner(staging / rel_path, threads=threads, optimize=optimize)
-        embeddings = embed_in_batches(runner.run, tokenizer, texts)
-        return _record(staging, rel_path, "onnx", precision, texts, reference, embeddings, notes=notes)
+def onnx_fp32(state: BuildState) -> str:
+    from . import torch_steps
 
-    artifacts["onnx_fp32"] = record_onnx("onnx/model.onnx", "fp32", True,
-                                         "Plain export; ONNX Runtime optimizes it online at session creation.")
-    progress.end(_parity_text(artifacts["onnx_fp32"]))
+    state.onnx_dir.mkdir()
+    sample = state.tokenizer.encode(state.texts[:2])
+    torch_steps.export_onnx(state.encoder, sample.input_ids, sample.attention_mask, state.onnx_dir / "model.onnx",
+                            state.recipe.onnx_opset)
+    return state.record_onnx("onnx_fp32", "onnx/model.onnx", "fp32",
+                             "Plain export; ONNX Runtime optimizes it online at session creation.")
 
-    progress.begin("ONNX Runtime offline optimization (optimized_model_filepath)")
+
+def onnx_optimized(state: BuildState) -> str:
     import onnxruntime as ort
 
+    from runtime.onnx_runner import session_options
+
     ort.InferenceSession(
-        str(onnx_dir / "model.onnx"),
-        sess_options=session_options(threads, optimize=True, optimized_model_path=onnx_dir / "model.optimized.onnx"),
+        str(state.onnx_dir / "model.onnx"),
+        sess_options=session_options(state.threads, optimize=True,
+                                     optimized_model_path=state.onnx_dir / "model.optimized.onnx"),
         providers=["CPUExecutionProvider"],
     )
-    artifacts["onnx_optimized"] = record_onnx(
-        "onnx/model.optimized.onnx", "fp32", False,
+    return state.record_onnx(
+        "onnx_optimized", "onnx/model.optimized.onnx", "fp32",
         "Saved after ORT_ENABLE_EXTENDED optimization on CPUExecutionProvider; load with optimizations off.")
-    progress.end(_parity_text(artifacts["onnx_optimized"]))
 
-    progress.begin("fusing self-attention into com.microsoft.MultiHeadAttention (relative position bias kept)")
-    from .attention_fusion import FusionError, fuse_file
+
+def onnx_fused(state: BuildState) -> str:
+    from . import attention_fusion
 
     try:
-        fusion = fuse_file(onnx_dir / "model.onnx", onnx_dir / "model.fused.onnx")
-    except FusionError as exc:
-        fusion = {"fused_attention_blocks": 0, "reason": str(exc)}
-        progress.end(f"not fused: {exc}")
-    else:
-        artifacts["onnx_fused"] = record_onnx(
-            "onnx/model.fused.onnx", "fp32", True,
-            f"{fusion['fused_attention_blocks']} attention blocks fused into {fusion['op']} (packed QKV MatMul, "
-            "position bias as attention_bias); ONNX Runtime only; optimized online at session creation.")
-        artifacts["onnx_fused"]["fusion"] = fusion
-        progress.end(f"{fusion['fused_attention_blocks']} blocks, {fusion['nodes_before']} -> {fusion['nodes_after']} "
-                     f"nodes; {_parity_text(artifacts['onnx_fused'])}")
-    # The int8 recipe starts from the fused graph only where fusion kept the numbers (a pattern that
-    # matched but meant something else, e.g. a causal mask, would show here).
-    fused_ok = "onnx_fused" in artifacts and artifacts["onnx_fused"]["parity"]["min_cosine"] >= FUSION_MIN_COSINE
-    int8_source = onnx_dir / ("model.fused.onnx" if fused_ok else "model.onnx")
+        fusion = attention_fusion.fuse_file(state.onnx_dir / "model.onnx", state.onnx_dir / "model.fused.onnx")
+    except attention_fusion.FusionError as exc:
+        state.fusion = {"fused_attention_blocks": 0, "reason": str(exc)}
+        return f"not fused: {exc}"
+    state.fusion = fusion
+    parity = state.record_onnx(
+        "onnx_fused", "onnx/model.fused.onnx", "fp32",
+        f"{fusion['fused_attention_blocks']} attention blocks fused into {fusion['op']} (packed QKV MatMul, "
+        "position bias as attention_bias); ONNX Runtime only; optimized online at session creation.",
+        fusion=fusion)
+    return (f"{fusion['fused_attention_blocks']} blocks, {fusion['nodes_before']} -> {fusion['nodes_after']} nodes; "
+            f"{parity}")
 
-    progress.begin("int8 ONNX (onnxruntime.quantization.quantize_dynamic, QInt8 per-channel weights)")
+
+def onnx_int8(state: BuildState) -> str:
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # ORT's "consider pre-processing" hint on the root logger
+    quantize_dynamic(str(state.onnx_dir / "model.onnx"), str(state.onnx_dir / "model.int8.onnx"),
+                     weight_type=QuantType.QInt8, per_channel=True)
+    return state.record_onnx("onnx_int8", "onnx/model.int8.onnx", "int8-dynamic",
+                             "Dynamic int8 MatMul weights (per-channel), activations quantized per batch at run time.")
 
-    quantize_dynamic(
-        str(onnx_dir / "model.onnx"), str(onnx_dir / "model.int8.onnx"), weight_type=QuantType.QInt8, per_channel=True
-    )
-    artifacts["onnx_int8"] = record_onnx(
-        "onnx/model.int8.onnx", "int8-dynamic", True,
-        "Dynamic int8 MatMul weights (per-channel), activations quantized per batch at run time.")
-    progress.end(_parity_text(artifacts["onnx_int8"]))
 
-    progress.begin("SmoothQuant int8 ONNX (calibrated on other sentences; FFN outlier channels split off in fp32)")
+def onnx_int8_smooth(state: BuildState) -> str:
     from .int8_smooth import build_smooth_int8
 
-    recipe = build_smooth_int8(int8_source, onnx_dir / "model.int8_smooth.onnx", calibration_batches(),
-                               threads=threads)
-    recipe["source_graph"] = int8_source.name
-    recipe["fused_attention_blocks"] = fusion["fused_attention_blocks"] if fused_ok else 0
-    artifacts["onnx_int8_smooth"] = record_onnx(
-        "onnx/model.int8_smooth.onnx", "int8-dynamic-smoothquant", True,
+    # The int8 recipe starts from the fused graph only where fusion kept the numbers (a pattern that
+    # matched but meant something else, e.g. a causal mask, would show here).
+    fused = state.artifacts.get("onnx_fused")
+    fused_ok = fused is not None and fused.parity.min_cosine >= state.recipe.fusion_min_cosine
+    source = state.onnx_dir / ("model.fused.onnx" if fused_ok else "model.onnx")
+    r = state.recipe
+    recipe = build_smooth_int8(source, state.onnx_dir / "model.int8_smooth.onnx", state.calibration_batches(),
+                               threads=state.threads, alpha=r.onnx_smooth_alpha,
+                               split_patterns=r.onnx_ffn_output_patterns, outlier_channels=r.onnx_outlier_channels)
+    recipe["source_graph"] = source.name
+    recipe["fused_attention_blocks"] = state.fusion["fused_attention_blocks"] if fused_ok else 0
+    return state.record_onnx(
+        "onnx_int8_smooth", "onnx/model.int8_smooth.onnx", "int8-dynamic-smoothquant",
         f"Every linear layer int8 ({recipe['weights']}; {recipe['activations']}): SmoothQuant alpha "
         f"{recipe['alpha']} on {recipe['smoothed']}, and {recipe['outlier_split_layers']} FFN output layers with their "
-        f"{recipe['outlier_channels']} largest input channels split off in fp32; built from {int8_source.name} "
-        f"({recipe['fused_attention_blocks']} fused attention blocks).")
-    artifacts["onnx_int8_smooth"]["recipe"] = recipe
-    progress.end(_parity_text(artifacts["onnx_int8_smooth"]))
+        f"{recipe['outlier_channels']} largest input channels split off in fp32; built from {source.name} "
+        f"({recipe['fused_attention_blocks']} fused attention blocks).",
+        recipe=recipe)
 
-    progress.begin("writing manifest.json")
-    tokenizer_files = sorted(str(p.relative_to(staging)) for p in (staging / "tokenizer").rglob("*") if p.is_file())
-    manifest = {
+
+def manifest_of(state: BuildState) -> Manifest:
+    from .torch_steps import config_summary
+
+    tokenizer_files = sorted(str(p.relative_to(state.staging)) for p in (state.staging / "tokenizer").rglob("*")
+                             if p.is_file())
+    summary = config_summary(state.model_dir)
+    return Manifest.from_dict({
         "format_version": 1,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {
-            "source": model,
-            "dimension": dimension,
-            "pooling": pooling.mode,
-            "normalize": pooling.normalize,
-            "max_seq_length": pooling.max_seq_length,
-            **torch_runtime.config_summary(model_dir),
-        },
-        "tokenizer": {"files": describe_files(staging, tokenizer_files), "path": "tokenizer/tokenizer.json"},
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": {"source": state.model, "dimension": state.dimension, "pooling": state.pooling.mode,
+                  "normalize": state.pooling.normalize, "max_seq_length": state.pooling.max_seq_length, **summary},
+        "tokenizer": TokenizerInfo("tokenizer/tokenizer.json",
+                                   tuple(FileEntry.describe(state.staging, f) for f in tokenizer_files)).to_dict(),
         "tools": tool_versions(),
-        "build": {"threads": threads or os.cpu_count(), "onnx_opset": opset, "machine": platform.machine()},
+        "build": {"threads": state.threads or os.cpu_count(), "onnx_opset": state.recipe.onnx_opset,
+                  "machine": platform.machine(), "recipe": state.recipe.to_dict()},
         "parity": {
             "reference": "fp32 PyTorch eager (the source weights), pooled and normalized",
-            "texts": len(texts),
+            "texts": len(state.texts),
             "calibration_texts": len(calibration_sentences()),
             "min_cosine_threshold": PARITY_MIN_COSINE,
         },
-        "artifacts": artifacts,
-    }
-    write_json_atomic(staging / MANIFEST_FILE, manifest)
-    failing = [name for name, a in artifacts.items() if not a["parity"]["passes_parity"]]
+        "artifacts": {name: record.to_dict() for name, record in state.artifacts.items()},
+    })
+
+
+#: (progress label, step): one step per variant, in build order (later steps read earlier files)
+STEPS = (
+    ("loading {model} (fp32)", load_reference),
+    ("saving compile-ready fp32 weights (safetensors)", torch_fp32),
+    ("dynamic int8 quantization (torch.ao quantize_dynamic, nn.Linear, qint8)", torch_int8),
+    ("SmoothQuant int8 torch (calibrated on other sentences; FFN output layers kept fp32)", torch_int8_smooth),
+    ("exporting ONNX (opset {opset}, dynamic batch and sequence axes)", onnx_fp32),
+    ("ONNX Runtime offline optimization (optimized_model_filepath)", onnx_optimized),
+    ("fusing self-attention into com.microsoft.MultiHeadAttention (relative position bias kept)", onnx_fused),
+    ("int8 ONNX (onnxruntime.quantization.quantize_dynamic, QInt8 per-channel weights)", onnx_int8),
+    ("SmoothQuant int8 ONNX (calibrated on other sentences; FFN outlier channels split off in fp32)", onnx_int8_smooth),
+)
+
+
+def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None, recipe: Recipe) -> Manifest:
+    from runtime import torch_encoder
+
+    progress = Progress(total=len(STEPS) + 1)
+    torch_encoder.quiet_libraries()
+    torch_encoder.set_threads(threads)
+    state = BuildState(model, model_dir, staging, threads, recipe)
+    for label, step in STEPS:
+        progress.begin(label.format(model=model, opset=recipe.onnx_opset))
+        progress.end(step(state))
+    progress.begin("writing manifest.json")
+    manifest = manifest_of(state)
+    manifest.write(staging)
+    failing = manifest.failing()
     progress.end(f"failing parity: {', '.join(failing) if failing else 'none'}")
     return manifest
-
-
-def _record(staging, rel_path, runtime, precision, texts, reference, embeddings, notes) -> dict:
-    root = staging / rel_path
-    if root.is_dir():
-        files = sorted(str(p.relative_to(staging)) for p in root.rglob("*") if p.is_file())
-    else:
-        files = [rel_path]
-    described = describe_files(staging, files)
-    return {
-        "runtime": runtime,
-        "precision": precision,
-        "path": rel_path,
-        "bytes": sum(f["bytes"] for f in described),
-        "files": described,
-        "parity": parity_report(embeddings, reference),
-        "notes": notes,
-    }
-
-
-def _parity_text(record: dict) -> str:
-    p = record["parity"]
-    verdict = "passes" if p["passes_parity"] else "FAILS"
-    return f"min cos {p['min_cosine']:.4f}, mean {p['mean_cosine']:.4f}: {verdict} parity"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -319,7 +372,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--skip-existing", action="store_true",
                         help="exit 0 without building when --out already holds a manifest for this --model")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime (default: all)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch and ONNX Runtime (default: all)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     args = parser.parse_args(argv)
     if args.opset < 17:
@@ -330,14 +384,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.skip_existing and (args.out / MANIFEST_FILE).is_file():
-        from .manifest import load_manifest
+        import json
 
-        existing = load_manifest(args.out)
-        if existing.get("model", {}).get("source") == args.model:
+        source = json.loads((args.out / MANIFEST_FILE).read_text()).get("model", {}).get("source")
+        if source == args.model:
             print(f"{args.out} already holds artifacts for {args.model}: nothing to do")
             return 0
         if not args.force:
-            print(f"error: {args.out} holds artifacts for {existing.get('model', {}).get('source')}, not {args.model}; "
+            print(f"error: {args.out} holds artifacts for {source}, not {args.model}; "
                   "pass --force to rebuild", file=sys.stderr)
             return 2
     try:
@@ -350,8 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(f"\nArtifacts in {args.out}:")
     print(f"{'variant':<16} {'MB':>8} {'min cos':>9} {'mean cos':>9}  parity")
-    for name, record in manifest["artifacts"].items():
-        p = record["parity"]
-        print(f"{name:<16} {record['bytes'] / 1e6:8.1f} {p['min_cosine']:9.4f} {p['mean_cosine']:9.4f}  "
-              f"{'pass' if p['passes_parity'] else 'FAIL'}")
+    for name, record in manifest.artifacts.items():
+        p = record.parity
+        print(f"{name:<16} {record.bytes / 1e6:8.1f} {p.min_cosine:9.4f} {p.mean_cosine:9.4f}  "
+              f"{'pass' if p.passes_parity else 'FAIL'}")
     return 0

@@ -12,7 +12,7 @@ _CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.txt"
 @cache
 def english_sentences() -> tuple[str, ...]:
     """42 texts, from a few words to about 230 tokens (MPNet tokenizer)."""
-    return _read_texts(_SENTENCES_FILE)
+    return read_texts(_SENTENCES_FILE)
 
 
 def parity_sentences() -> list[str]:
@@ -23,9 +23,9 @@ def parity_sentences() -> list[str]:
 @cache
 def calibration_sentences() -> tuple[str, ...]:
     """23 other texts (a few words to ~200 tokens) for int8 calibration: never the parity set."""
-    return _read_texts(_CALIBRATION_FILE)
+    return read_texts(_CALIBRATION_FILE)
 
 
-def _read_texts(path: Path) -> tuple[str, ...]:
-    """One text per non-empty line."""
+def read_texts(path: Path) -> tuple[str, ...]:
+    """One text per non-empty line (the format of data/*.txt and of a load test's corpus)."""
     return tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())

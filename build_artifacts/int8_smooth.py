@@ -29,12 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .recipe import DEFAULT_RECIPE
+
 
 def weight_matmuls(model) -> list[tuple[object, str]]:
     """MatMul nodes whose second input is a 2-D initializer (the nn.Linear layers)."""
     initializers = {init.name: init for init in model.graph.initializer}
     return [(node, node.input[1]) for node in model.graph.node
-            if node.op_type == "MatMul" and node.input[1] in initializers and len(initializers[node.input[1]].dims) == 2]
+            if node.op_type == "MatMul" and node.input[1] in initializers
+            and len(initializers[node.input[1]].dims) == 2]
 
 
 def collect_activation_max(model_path: Path, batches, threads: int | None = None) -> dict[str, np.ndarray]:
@@ -42,7 +45,7 @@ def collect_activation_max(model_path: Path, batches, threads: int | None = None
     import onnx
     import onnxruntime as ort
 
-    from .onnx_runner import session_options
+    from runtime.onnx_runner import session_options
 
     model = onnx.load(str(model_path))
     names = sorted({node.input[0] for node, _ in weight_matmuls(model)})
@@ -56,7 +59,7 @@ def collect_activation_max(model_path: Path, batches, threads: int | None = None
     for input_ids, attention_mask in batches:
         outputs = session.run(names, {"input_ids": input_ids, "attention_mask": attention_mask})
         real = attention_mask.astype(bool)
-        for name, value in zip(names, outputs):
+        for name, value in zip(names, outputs, strict=True):
             tokens = value[real] if value.ndim == 3 else value.reshape(-1, value.shape[-1])
             channel_max = np.abs(tokens).max(axis=0)
             maxima[name] = np.maximum(maxima.get(name, channel_max), channel_max)
@@ -112,7 +115,8 @@ def split_outlier_channels(model, activation_max: dict[str, np.ndarray], pattern
         model.graph.initializer.extend([
             numpy_helper.from_array(keep, f"{name}_keep"),
             numpy_helper.from_array(outliers, f"{name}_outlier_channels"),
-            numpy_helper.from_array(np.ascontiguousarray(weight[outliers]).astype(np.float32), f"{name}_outlier_weight"),
+            numpy_helper.from_array(np.ascontiguousarray(weight[outliers]).astype(np.float32),
+                                    f"{name}_outlier_weight"),
         ])
         result, main_result = node.output[0], f"{name}_main_output"
         before = [
@@ -132,12 +136,12 @@ def split_outlier_channels(model, activation_max: dict[str, np.ndarray], pattern
     return side_matmuls
 
 
-SMOOTH_ALPHA = 0.5
-# FFN down-projections: their input is a GELU output whose range sits in a few channels. Regexes over
-# node names of BERT/MPNet/RoBERTa exports (BERT's attention projection "layer.N/attention/output/dense"
-# is not matched).
-FFN_OUTPUT_PATTERNS = (r"layer\.\d+/output/dense/",)
-OUTLIER_CHANNELS = 16
+# FFN down-projections: their input is a GELU output whose range sits in a few channels. The recipe's
+# regexes over node names of BERT/MPNet/RoBERTa exports (BERT's attention projection
+# "layer.N/attention/output/dense" is not matched).
+SMOOTH_ALPHA = DEFAULT_RECIPE.onnx_smooth_alpha
+FFN_OUTPUT_PATTERNS = DEFAULT_RECIPE.onnx_ffn_output_patterns
+OUTLIER_CHANNELS = DEFAULT_RECIPE.onnx_outlier_channels
 
 
 def build_smooth_int8(model_path: Path, out_path: Path, calibration_batches, threads: int | None = None,

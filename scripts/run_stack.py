@@ -13,15 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from build_artifacts.model_loading import DEFAULT_MODEL
+from services.common.probe import wait_until_healthy
 
-from loadtest.processes import is_healthy  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("MODEL", "sentence-transformers/multi-qa-mpnet-base-cos-v1"))
+    parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL))
     parser.add_argument("--artifacts", type=Path, default=None, help="default: artifacts/<model name>")
     parser.add_argument("--threads", type=int, default=None, help="model threads per service (default: all cores)")
     parser.add_argument("--torch-port", type=int, default=8001)
@@ -31,8 +31,8 @@ def main() -> int:
     artifacts = args.artifacts or REPO / "artifacts" / Path(args.model.rstrip("/")).name
     if not (artifacts / "manifest.json").is_file():
         print(f"building artifacts for {args.model} into {artifacts} ...", flush=True)
-        built = subprocess.run([sys.executable, "-m", "build_artifacts", "--model", args.model, "--out", str(artifacts)],
-                               cwd=REPO)
+        command = [sys.executable, "-m", "build_artifacts", "--model", args.model, "--out", str(artifacts)]
+        built = subprocess.run(command, cwd=REPO)
         if built.returncode != 0:
             return built.returncode
     threads = ["--threads", str(args.threads)] if args.threads else []
@@ -48,19 +48,17 @@ def main() -> int:
     env = {**os.environ, "TORCH_API_URL": torch_url, "ONNX_API_URL": onnx_url}
     processes = {name: subprocess.Popen(cmd, cwd=REPO, env=env) for name, cmd in commands.items()}
     try:
-        print(f"waiting for warm-up (torch.compile can take a minute or two) ...", flush=True)
-        pending = {"torch_api": torch_url, "onnx_api": onnx_url}
-        while pending:
-            for name, url in list(pending.items()):
-                if is_healthy(url):
-                    print(f"{name} ready: {url}  (POST /embed, POST /v1/embeddings, /health, /info, /metrics)", flush=True)
-                    del pending[name]
-            for name, process in processes.items():
-                if process.poll() is not None:
-                    print(f"{name} exited with {process.returncode}; stopping the rest", file=sys.stderr)
-                    return 1
-            time.sleep(0.5)
-        print(f"Locust web UI: http://127.0.0.1:{args.locust_port}  (TorchApiUser -> {torch_url}, OnnxApiUser -> {onnx_url})")
+        print("waiting for warm-up (torch.compile can take a minute or two) ...", flush=True)
+        try:
+            wait_until_healthy({"torch_api": torch_url, "onnx_api": onnx_url}, timeout_s=3600, processes=processes,
+                               on_ready=lambda name, url: print(
+                                   f"{name} ready: {url}  (POST /embed, POST /v1/embeddings, /health, /info, /metrics)",
+                                   flush=True))
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"{exc}; stopping the rest", file=sys.stderr)
+            return 1
+        print(f"Locust web UI: http://127.0.0.1:{args.locust_port}  "
+              f"(TorchApiUser -> {torch_url}, OnnxApiUser -> {onnx_url})")
         print("Ctrl-C stops everything.", flush=True)
         while all(p.poll() is None for p in processes.values()):
             time.sleep(1)

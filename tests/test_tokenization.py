@@ -1,5 +1,5 @@
 from build_artifacts.corpus import english_sentences, parity_sentences
-from build_artifacts.tokenization import TextTokenizer
+from runtime.tokenization import TextTokenizer
 
 
 def test_pads_to_longest_and_truncates_keeping_the_closing_token(minilm_dir):

@@ -1,4 +1,4 @@
-"""The one interface each service implements: texts -> float32 array, warm-up, info."""
+"""The one interface each service implements (token ids -> float32 array, warm-up, info); its artifact-backed base."""
 
 from __future__ import annotations
 
@@ -7,56 +7,94 @@ from pathlib import Path
 
 import numpy as np
 
-from build_artifacts.manifest import ArtifactError, load_manifest, verify_artifact, verify_files
-from build_artifacts.similarity import l2_normalize
-from build_artifacts.tokenization import TextTokenizer
+from runtime.manifest import ArtifactError, Manifest
+from runtime.pooling import normalize_rows
+from runtime.tokenization import TextTokenizer
+
+from .batcher import padding_efficient_groups
 
 WARMUP_TEXTS = ["warm up", "A longer sentence that warms up the kernels for a second, wider shape of input."]
 
 
 class Embedder(ABC):
-    """Tokenizes and runs one artifact variant. Subclasses implement `load` and `_forward`."""
+    """What the HTTP layer sees: token ids in, float32 vectors out, plus load / warm-up / checks / info.
+
+    Implementations: ArtifactEmbedder (a built artifact, below) and tests/fakes.py (no weights).
+    """
 
     runtime: str = ""
+    variant: str = ""
     #: variants of this runtime, fastest first; "auto" serves the first that passes parity
     variants_fastest_first: tuple[str, ...] = ()
+    model_id: str = ""
+    dimension: int
+    max_tokens: int
+    normalize_default: bool
+
+    @abstractmethod
+    def verify(self) -> None:
+        """Check the files to be served (raises ArtifactError)."""
+
+    @abstractmethod
+    def load(self) -> None: ...
+
+    @abstractmethod
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text, not truncated (callers check the limit, then `truncate`)."""
+
+    @abstractmethod
+    def truncate(self, ids: list[int]) -> list[int]: ...
+
+    @abstractmethod
+    def embed_ids(self, ids: list[list[int]]) -> np.ndarray:
+        """Token ids (already truncated) -> pooled embeddings, float32 [len(ids), dimension], not normalized."""
+
+    @abstractmethod
+    def info(self) -> dict: ...
+
+    def run_batch(self, ids: list[list[int]]) -> np.ndarray:
+        """Exactly one model call on these rows (the batcher owns batch shape); default: embed_ids."""
+        return self.embed_ids(ids)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Texts -> pooled embeddings (float32), truncated at max_tokens, not normalized."""
+        return self.embed_ids([self.truncate(row) for row in self.tokenize(texts)])
+
+    def warmup(self) -> None:
+        for _ in range(2):
+            self.embed(WARMUP_TEXTS[:1])
+            self.embed(WARMUP_TEXTS)
+
+
+class ArtifactEmbedder(Embedder):
+    """Tokenizes and runs one variant of a built artifact folder. Subclasses implement `_load_model`, `_forward`."""
 
     def __init__(self, artifacts_dir: Path, variant: str = "auto", threads: int | None = None):
         self.artifacts_dir = Path(artifacts_dir)
-        self.manifest = load_manifest(self.artifacts_dir)
-        self.variant = self.select_variant(variant)
+        self.manifest = Manifest.load(self.artifacts_dir)
+        self.variant = self.manifest.select_variant(self.variants_fastest_first, variant, self.runtime)
         self.threads = threads
-        model = self.manifest["model"]
-        self.dimension: int = model["dimension"]
-        self.max_tokens: int = model["max_seq_length"]
-        self.normalize_default: bool = model["normalize"]
+        model = self.manifest.model
+        self.model_id = model.source
+        self.dimension = model.dimension
+        self.max_tokens = model.max_seq_length
+        self.normalize_default = model.normalize
         self.tokenizer: TextTokenizer | None = None
 
-    def select_variant(self, requested: str) -> str:
-        artifacts = self.manifest.get("artifacts", {})
-        if requested != "auto":
-            if requested not in self.variants_fastest_first:
-                raise ArtifactError(f"Variant '{requested}' is not served by {self.runtime} "
-                                    f"(choose from: auto, {', '.join(self.variants_fastest_first)}).")
-            if requested not in artifacts:
-                raise ArtifactError(f"Variant '{requested}' is not in {self.artifacts_dir}/manifest.json.")
-            if not artifacts[requested]["parity"]["passes_parity"]:
-                p = artifacts[requested]["parity"]
-                raise ArtifactError(f"Variant '{requested}' fails parity (min cosine {p['min_cosine']:.4f} < "
-                                    f"{p['threshold']}): refusing to serve it.")
-            return requested
-        for name in self.variants_fastest_first:
-            if name in artifacts and artifacts[name]["parity"]["passes_parity"]:
-                return name
-        raise ArtifactError(f"No {self.runtime} variant in {self.artifacts_dir} passes parity.")
+    @property
+    def record(self):
+        return self.manifest.artifacts[self.variant]
+
+    @property
+    def model_path(self) -> Path:
+        return self.manifest.path_of(self.artifacts_dir, self.variant)
 
     def verify(self) -> None:
         """sha256 of the served variant and the tokenizer against the manifest (raises ArtifactError)."""
-        verify_artifact(self.artifacts_dir, self.manifest, self.variant)
-        verify_files(self.artifacts_dir, self.manifest["tokenizer"]["files"])
+        self.manifest.verify(self.artifacts_dir, self.variant)
 
     def load(self) -> None:
-        self.tokenizer = TextTokenizer(self.artifacts_dir / self.manifest["tokenizer"]["path"], self.max_tokens)
+        self.tokenizer = TextTokenizer(self.artifacts_dir / self.manifest.tokenizer.path, self.max_tokens)
         self._load_model()
 
     @abstractmethod
@@ -67,73 +105,42 @@ class Embedder(ABC):
         """Pooled, not normalized, float32 [batch, dimension]."""
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text, not truncated (callers check the limit, then `truncate`)."""
         return self.tokenizer.token_ids(texts, truncate=False)
 
     def truncate(self, ids: list[int]) -> list[int]:
         return self.tokenizer.truncate(ids, self.max_tokens)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Texts -> pooled embeddings (float32), truncated at max_tokens, not normalized."""
         return self.embed_ids(self.tokenizer.token_ids(texts))
 
-    def embed_ids(self, ids: list[list[int]]) -> np.ndarray:
-        """Token ids (already truncated) -> pooled embeddings, float32, not normalized.
+    def run_batch(self, ids: list[list[int]]) -> np.ndarray:
+        """One model call: the rows padded to the longest of them."""
+        batch = self.tokenizer.pad(ids)
+        return self._forward(batch.input_ids, batch.attention_mask)
 
-        Rows are sorted by length and run in groups that pad little: one 230-token paragraph in a
-        batch of 15 short sentences would otherwise make every row cost 230 tokens.
+    def embed_ids(self, ids: list[list[int]]) -> np.ndarray:
+        """For in-process callers (the services' batcher forms its own groups): rows sorted by length and
+        run in groups that pad little, as the batcher does.
         """
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
         for group in padding_efficient_groups([len(row) for row in ids]):
-            batch = self.tokenizer.pad([ids[i] for i in group])
-            out[group] = self._forward(batch.input_ids, batch.attention_mask)
+            out[group] = self.run_batch([ids[i] for i in group])
         return out
 
-    def warmup(self) -> None:
-        for _ in range(2):
-            self.embed(WARMUP_TEXTS[:1])
-            self.embed(WARMUP_TEXTS)
-
     def info(self) -> dict:
-        record = self.manifest["artifacts"][self.variant]
+        record = self.record
         return {
-            "model": self.manifest["model"]["source"],
+            "model": self.model_id,
             "runtime": self.runtime,
             "variant": self.variant,
-            "precision": record["precision"],
-            "parity": record["parity"],
+            "precision": record.precision,
+            "parity": record.parity.to_dict(),
             "dimension": self.dimension,
             "max_tokens": self.max_tokens,
-            "pooling": self.manifest["model"]["pooling"],
+            "pooling": self.manifest.model.pooling,
             "normalize_default": self.normalize_default,
             "threads": self.threads,
         }
 
 
-def padding_efficient_groups(lengths: list[int], max_padding: float = 0.3, overhead_tokens: int = 16) -> list[list[int]]:
-    """Indices grouped by length so that padded tokens exceed real ones by at most `max_padding`.
-
-    `overhead_tokens` stands for the fixed cost of one model call, so tiny groups are not split off.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for index in order:
-        length = lengths[index]
-        padded = (len(current) + 1) * length
-        if current and padded > (1 + max_padding) * (real + length) + overhead_tokens:
-            groups.append(current)
-            current, real = [], 0
-        current.append(index)
-        real += length
-    if current:
-        groups.append(current)
-    return groups
-
-
-def normalize_rows(vectors: np.ndarray) -> np.ndarray:
-    return l2_normalize(vectors).astype(np.float32)
-
-
-__all__ = ["ArtifactError", "Embedder", "normalize_rows"]
+__all__ = ["ArtifactEmbedder", "ArtifactError", "Embedder", "normalize_rows", "padding_efficient_groups"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from services.common.embedder import Embedder
+from services.common.embedder import ArtifactEmbedder
 from services.common.settings import ServiceSettings, SettingsConfigDict
 
 
@@ -16,7 +16,7 @@ class TorchSettings(ServiceSettings):
     compile: bool = Field(True, description="torch.compile the fp32 model at start-up (warm-up compiles it)")
 
 
-class TorchEmbedder(Embedder):
+class TorchEmbedder(ArtifactEmbedder):
     runtime = "torch"
     variants_fastest_first = ("torch_int8", "torch_int8_smooth", "torch_fp32")
 
@@ -28,23 +28,12 @@ class TorchEmbedder(Embedder):
     def _load_model(self) -> None:
         import torch
 
-        from build_artifacts import torch_runtime
-        from build_artifacts.model_loading import PoolingSpec
+        from runtime import torch_encoder
 
-        torch_runtime.quiet_libraries()
+        torch_encoder.quiet_libraries()
         if self.threads:
             torch.set_num_threads(self.threads)
-        m = self.manifest["model"]
-        pooling = PoolingSpec(mode=m["pooling"], normalize=m["normalize"], max_seq_length=m["max_seq_length"])
-        path = self.artifacts_dir / self.manifest["artifacts"][self.variant]["path"]
-        if self.variant == "torch_int8":
-            model = torch_runtime.load_quantized(path, pooling)
-        elif self.variant == "torch_int8_smooth":
-            from build_artifacts import torch_smooth
-
-            model = torch_smooth.load(path, pooling)
-        else:
-            model = torch_runtime.load_fp32(path, pooling)
+        model = torch_encoder.load_variant(self.artifacts_dir, self.manifest, self.variant)
         model.eval()
         # dynamic=True: one graph for every batch size and length (batch 1 still gets its own).
         self._model = torch.compile(model, dynamic=True) if self.compile else model

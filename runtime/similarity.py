@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .pooling import l2_normalize
+
+#: the parity policy: an artifact passes when its min cosine against fp32 reaches this
 PARITY_MIN_COSINE = 0.99
-
-
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
 
 
 def rowwise_cosine(candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -26,3 +24,6 @@ def parity_report(candidate: np.ndarray, reference: np.ndarray) -> dict:
         "threshold": PARITY_MIN_COSINE,
         "passes_parity": bool(min_cos >= PARITY_MIN_COSINE),
     }
+
+
+__all__ = ["PARITY_MIN_COSINE", "l2_normalize", "parity_report", "rowwise_cosine"]

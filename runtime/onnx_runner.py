@@ -38,3 +38,22 @@ class OnnxSentenceRunner:
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
         feeds = {k: v for k, v in feeds.items() if k in self._input_names}
         return self.session.run(["sentence_embedding"], feeds)[0]
+
+
+#: saved after ONNX Runtime's offline optimization: load with optimizations off (the work was done at build time)
+PREOPTIMIZED_VARIANTS = frozenset({"onnx_optimized"})
+ONNX_VARIANTS = ("onnx_fp32", "onnx_optimized", "onnx_fused", "onnx_int8", "onnx_int8_smooth")
+
+
+def optimize_at_load(variant: str) -> bool:
+    return variant not in PREOPTIMIZED_VARIANTS
+
+
+def load_variant(artifacts_dir: Path, manifest, variant: str, threads: int | None = None) -> OnnxSentenceRunner:
+    """The runner of one ONNX variant of a built artifact folder, via its manifest record."""
+    from .manifest import ArtifactError
+
+    if variant not in ONNX_VARIANTS:
+        raise ArtifactError(f"'{variant}' is not an ONNX variant (have: {', '.join(ONNX_VARIANTS)}).")
+    return OnnxSentenceRunner(manifest.path_of(artifacts_dir, variant), threads=threads,
+                              optimize=optimize_at_load(variant))

@@ -1,0 +1,102 @@
+"""The torch encoder of a built artifact: fp32 weights, dynamic int8 and SmoothQuant int8 loaders.
+
+torch and transformers are imported inside the functions, so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import smoothquant
+from .pooling import PoolingSpec, sentence_encoder_class
+
+QUANTIZED_STATE_FILE = "model_int8.pt"
+
+
+def quiet_libraries() -> None:
+    """Silence per-file progress bars and deprecation chatter; our own step lines show progress."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+
+
+def set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def quantize_dynamic_int8(encoder):
+    """torch.ao dynamic quantization of every nn.Linear to qint8 (weights int8, activations per batch)."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(encoder, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def load_fp32(model_dir: Path, pooling: PoolingSpec):
+    """fp32 weights (eager attention, so export and quantization see plain ops) plus pooling, in eval()."""
+    import torch
+    from transformers import AutoModel
+
+    transformer = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager")
+    return sentence_encoder_class()(transformer, pooling.mode).eval()
+
+
+def fp32_skeleton(folder: Path, pooling: PoolingSpec):
+    """The encoder architecture from folder/config.json, randomly initialized (weights come later)."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(str(folder))
+    config._attn_implementation = "eager"
+    return sentence_encoder_class()(AutoModel.from_config(config), pooling.mode).eval()
+
+
+def load_quantized_state(quantized, folder: Path):
+    """Stored int8 weights into an identically quantized skeleton; weights_only: no arbitrary unpickling."""
+    import torch
+
+    quantized.load_state_dict(torch.load(folder / QUANTIZED_STATE_FILE, weights_only=True, map_location="cpu"))
+    return quantized.eval()
+
+
+def load_int8(folder: Path, pooling: PoolingSpec):
+    """Rebuild the architecture from config.json, quantize it, then load the stored int8 weights."""
+    return load_quantized_state(quantize_dynamic_int8(fp32_skeleton(folder, pooling)), folder)
+
+
+def load_int8_smooth(folder: Path, pooling: PoolingSpec):
+    """Rebuild: skeleton from config.json -> the same SmoothedLinear wrapping (quantization.json lists the
+    layers) -> the same per-channel quantization -> the stored weights."""
+    names = json.loads((Path(folder) / smoothquant.RECIPE_FILE).read_text())["smoothed_modules"]
+    skeleton = smoothquant.wrap(fp32_skeleton(folder, pooling), names)
+    return load_quantized_state(smoothquant.quantize_smoothed(skeleton, names), Path(folder))
+
+
+#: the manifest's torch variants and how each loads
+LOADERS = {"torch_fp32": load_fp32, "torch_int8": load_int8, "torch_int8_smooth": load_int8_smooth}
+
+
+def load_variant(artifacts_dir: Path, manifest, variant: str):
+    """The encoder of one torch variant of a built artifact folder (eval mode), via its manifest record."""
+    from .manifest import ArtifactError
+
+    if variant not in LOADERS:
+        raise ArtifactError(f"'{variant}' is not a torch variant (have: {', '.join(LOADERS)}).")
+    return LOADERS[variant](manifest.path_of(artifacts_dir, variant), manifest.model.pooling_spec)
+
+
+def embed(encoder, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return encoder(torch.from_numpy(input_ids), torch.from_numpy(attention_mask)).float().numpy()

@@ -1,0 +1,115 @@
+"""The folder tree is the architecture: build_artifacts -> artifact folder -> runtime <- services / benchmarks.
+
+Fast (no weights): static import graphs read with ast, plus one subprocess that imports the ONNX service.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import REPO
+
+# Which project package may import which (lazily or not): the arrows of the tree.
+ALLOWED = {
+    "runtime": set(),
+    "build_artifacts": {"runtime"},
+    "services": {"runtime"},
+    "benchmarks": {"runtime", "build_artifacts", "services", "loadtest"},
+    "bulk_embed": {"runtime"},
+}
+PACKAGES = tuple(name for name in ALLOWED if (REPO / name / "__init__.py").is_file())
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for package in PACKAGES for p in sorted((REPO / package).rglob("*.py"))}
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Project modules that `name` imports anywhere in its file (top level or inside functions)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known and "." in target:
+                target = target.rpartition(".")[0]
+            if target in known and target != name:
+                found.add(target)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules) | {"loadtest"}
+    return {name: _imports(name, path, known) for name, path in modules.items()}
+
+
+def test_packages_import_only_along_the_arrows():
+    offences = [f"{module} imports {target}" for module, targets in _graph().items() for target in targets
+                if target.split(".")[0] != module.split(".")[0]
+                and target.split(".")[0] not in ALLOWED[module.split(".")[0]]]
+    assert not offences, "\n".join(offences)
+
+
+def test_services_never_import_build_artifacts():
+    offences = [f"{m} imports {t}" for m, ts in _graph().items() if m.startswith("services") for t in ts
+                if t.startswith("build_artifacts")]
+    assert not offences
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    graph = _graph()
+    cycles = []
+
+    def visit(node: str, stack: list[str], done: set[str]) -> None:
+        for target in sorted(graph.get(node, ())):
+            if target in stack:
+                cycles.append(" -> ".join(stack[stack.index(target):] + [target]))
+            elif target not in done:
+                visit(target, stack + [target], done)
+        done.add(node)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module], done)
+    assert not cycles, "\n".join(cycles)
+
+
+def test_onnx_service_import_closure_holds_no_torch_and_no_build_pipeline():
+    code = ("import json, sys\n"
+            "import services.onnx_api, services.onnx_api.embedder, services.common.app, services.common.serve\n"
+            "import runtime.manifest, runtime.onnx_runner, runtime.tokenization\n"
+            "print(json.dumps(sorted(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = {name.split(".")[0] for name in json.loads(result.stdout)}
+    assert not loaded & {"torch", "transformers", "build_artifacts", "benchmarks", "sentence_transformers"}
+
+
+def test_runtime_light_modules_need_neither_torch_nor_onnxruntime():
+    code = ("import json, sys\n"
+            "import runtime, runtime.manifest, runtime.pooling, runtime.similarity, runtime.tokenization, "
+            "runtime.torch_encoder, runtime.smoothquant, runtime.onnx_runner\n"
+            "print(json.dumps(sorted(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not {name.split(".")[0] for name in json.loads(result.stdout)} & {"torch", "transformers", "onnxruntime"}

@@ -1,20 +1,19 @@
-"""Resolve a model (Hugging Face id or local folder) and build the sentence encoder around it.
+"""Resolve a model (Hugging Face id or local folder) and read its pooling from its config.
 
 Pooling and normalization follow the model's sentence-transformers config (modules.json,
 1_Pooling/config.json, sentence_bert_config.json); without one: mean pooling + L2 normalize.
-torch and transformers are imported inside the functions that need them so `--help` stays instant.
+The Hub client is imported inside the function that needs it so `--help` stays instant.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
-from functools import cache
 from pathlib import Path
 
+from runtime.pooling import POOLING_MODES, PoolingSpec
+
 DEFAULT_MODEL = "sentence-transformers/multi-qa-mpnet-base-cos-v1"
-POOLING_MODES = ("mean", "cls", "max")
 # Files a sentence-transformers model folder needs; weights in other formats are not fetched.
 _HUB_PATTERNS = [
     "*.json",
@@ -30,14 +29,53 @@ class ModelUnavailableError(RuntimeError):
     """The model is neither a local folder nor reachable on (or cached from) the Hugging Face Hub."""
 
 
-@dataclass(frozen=True)
-class PoolingSpec:
-    mode: str = "mean"
-    normalize: bool = True
-    max_seq_length: int = 512
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+# A tokenizer.json alone is enough; otherwise transformers needs its config plus a vocabulary of some kind.
+_VOCAB_FILES = ("vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model")
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse, with one message each, what would otherwise fail deep inside a library (or, worse, not fail):
+    a config.json that is not JSON, no weights, a truncated safetensors file, no tokenizer files."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelUnavailableError(f"{folder}/config.json is not valid JSON ({exc}): re-download the model.") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ModelUnavailableError(f"{folder}/config.json has no model_type: not a transformers model config.")
+    weights = [name for name in _WEIGHT_FILES if (folder / name).is_file()]
+    if not weights:
+        raise ModelUnavailableError(f"'{folder}' holds no weights (none of {', '.join(_WEIGHT_FILES)}): "
+                                    "copy the model's weight file into it.")
+    if weights[0] == "model.safetensors":
+        _check_safetensors(folder / "model.safetensors")
+    has_tokenizer = (folder / "tokenizer.json").is_file() or (
+        (folder / "tokenizer_config.json").is_file() and any((folder / name).is_file() for name in _VOCAB_FILES))
+    if not has_tokenizer:
+        raise ModelUnavailableError(f"'{folder}' holds no tokenizer (tokenizer.json, or tokenizer_config.json with a "
+                                    "vocabulary file): the build would have to guess one. Copy the model's tokenizer "
+                                    "files into it.")
+
+
+def _check_safetensors(path: Path) -> None:
+    """The header must parse and the file must be as long as the header says (a cut download is not)."""
+    import struct
+
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            if header_len > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(fh.read(header_len))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ModelUnavailableError(f"{path} is not a readable safetensors file ({exc}): re-download it.") from None
+    if 8 + header_len + end != size:
+        raise ModelUnavailableError(f"{path} is truncated or padded: {size} bytes, its header says "
+                                    f"{8 + header_len + end}. Re-download it.")
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -45,10 +83,13 @@ def resolve_model_dir(model: str) -> Path:
     local = Path(model).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise ModelUnavailableError(f"'{model}' is a folder but holds no config.json: not a Hugging Face model folder.")
+            raise ModelUnavailableError(f"'{model}' is a folder but holds no config.json: "
+                                        "not a Hugging Face model folder.")
+        check_model_folder(local)
         return local.resolve()
     if local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ModelUnavailableError(f"'{model}' is not a model folder and does not look like a Hugging Face id (owner/name).")
+        raise ModelUnavailableError(f"'{model}' is not a model folder and does not look like a Hugging Face id "
+                                    "(owner/name).")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
 
@@ -99,47 +140,5 @@ def read_pooling_spec(model_dir: Path, tokenizer_max_length: int | None = None) 
     return PoolingSpec(mode=mode, normalize=normalize, max_seq_length=max_len)
 
 
-@cache
-def _sentence_encoder_class():
-    import torch
-
-    class SentenceEncoder(torch.nn.Module):
-        """Transformer plus pooling: (input_ids, attention_mask) -> pooled embedding, not normalized."""
-
-        def __init__(self, transformer: torch.nn.Module, mode: str):
-            super().__init__()
-            self.transformer = transformer
-            self.mode = mode
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            if self.mode == "cls":
-                return hidden[:, 0]
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            if self.mode == "max":
-                return hidden.masked_fill(mask == 0, -1e9).max(dim=1).values
-            return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-
-    return SentenceEncoder
-
-
-def __getattr__(name: str):
-    # SentenceEncoder needs torch; resolve it lazily so this module imports without torch.
-    if name == "SentenceEncoder":
-        return _sentence_encoder_class()
-    raise AttributeError(name)
-
-
-def build_encoder(model_dir: Path, pooling: PoolingSpec):
-    """Load fp32 weights (eager attention, so export and quantization see plain ops) and add pooling."""
-    import torch
-    from transformers import AutoModel
-
-    transformer = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager")
-    return _sentence_encoder_class()(transformer, pooling.mode).eval()
-
-
-def load_tokenizer(model_dir: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)
+__all__ = ["DEFAULT_MODEL", "POOLING_MODES", "ModelUnavailableError", "PoolingSpec", "read_pooling_spec",
+           "resolve_model_dir"]

@@ -4,10 +4,12 @@
     locust -f loadtest/locustfile.py OnnxApiUser --headless -u 8 -r 8 -t 30s --csv out/onnx
 
 Each request sends 1-16 texts drawn from a fixed corpus of real English sentences, and every response
-is validated: status, number of vectors, dimension, finite unit-norm values. A 429 is recorded as the
-failure "429 overloaded" so the share of rejections shows in the stats. Settings (env vars):
-TORCH_API_URL, ONNX_API_URL, LOADTEST_MAX_BATCH (16), LOADTEST_WAIT_S (0: closed loop, back to back),
-LOADTEST_SEED (fixed draws per user).
+is validated: status, number of vectors, dimension, finite unit-norm values. Users behave like good clients:
+a 429 is not a failure but its own outcome, counted under the name "/embed 429 (backed off)", and the user
+then waits the Retry-After the service sent before its next request. Settings (env vars):
+TORCH_API_URL, ONNX_API_URL, LOADTEST_MAX_BATCH (16), LOADTEST_TEXTS (unset: 1..MAX_BATCH at random; a number:
+exactly that many texts per request), LOADTEST_WAIT_S (think time between requests; 0: closed loop, back to
+back), LOADTEST_HONOR_RETRY_AFTER (1), LOADTEST_SEED (fixed draws per user), LOADTEST_API_KEY (sent as Bearer).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import random
 import sys
 from pathlib import Path
 
-from locust import FastHttpUser, constant, events, task
+from locust import FastHttpUser, events, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # locust loads this file by path
 from validation import validate_embeddings  # noqa: E402
@@ -26,34 +28,57 @@ _DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "build_artifacts" / "dat
 CORPUS_FILE = Path(os.environ.get("LOADTEST_CORPUS", _DEFAULT_CORPUS))
 CORPUS = [line.strip() for line in CORPUS_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
 MAX_BATCH = int(os.environ.get("LOADTEST_MAX_BATCH", "16"))
+FIXED_TEXTS = int(os.environ["LOADTEST_TEXTS"]) if os.environ.get("LOADTEST_TEXTS") else None
 WAIT_S = float(os.environ.get("LOADTEST_WAIT_S", "0"))
+HONOR_RETRY_AFTER = os.environ.get("LOADTEST_HONOR_RETRY_AFTER", "1") != "0"
 SEED = int(os.environ.get("LOADTEST_SEED", "1234"))
+API_KEY = os.environ.get("LOADTEST_API_KEY", "")
+REJECTED_NAME = "/embed 429 (backed off)"
 _user_counter = 0
+
+
+def retry_after_s(headers) -> float:
+    """Seconds from a Retry-After header (delta-seconds form; 1 s when absent or unreadable)."""
+    try:
+        return max(0.0, float(headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0
 
 
 class _EmbeddingUser(FastHttpUser):
     abstract = True
-    wait_time = constant(WAIT_S)
     dimension: int | None = None
 
     def on_start(self) -> None:
         global _user_counter
         _user_counter += 1
         self.rng = random.Random(SEED + _user_counter)
-        with self.client.get("/info", name="/info", catch_response=True) as response:
+        self.headers = {"Authorization": f"Bearer {API_KEY}"} if API_KEY else {}
+        self.backoff_s = 0.0
+        with self.client.get("/info", name="/info", headers=self.headers, catch_response=True) as response:
             if response.status_code == 200:
                 self.dimension = response.json().get("dimension")
                 response.success()
             else:
                 response.failure(f"/info answered {response.status_code}")
 
+    def wait_time(self) -> float:
+        # After a 429 the service's Retry-After, otherwise the think time.
+        backoff, self.backoff_s = self.backoff_s, 0.0
+        return max(backoff, WAIT_S)
+
     @task
     def embed(self) -> None:
-        count = self.rng.randint(1, MAX_BATCH)
+        count = FIXED_TEXTS or self.rng.randint(1, MAX_BATCH)
         texts = [self.rng.choice(CORPUS) for _ in range(count)]
-        with self.client.post("/embed", json={"inputs": texts}, name="/embed", catch_response=True) as response:
+        with self.client.post("/embed", json={"inputs": texts}, name="/embed", headers=self.headers,
+                              catch_response=True) as response:
             if response.status_code == 429:
-                response.failure("429 overloaded")
+                # Its own outcome, not a failure: the service said when to come back, and we do.
+                response.request_meta["name"] = REJECTED_NAME
+                response.success()
+                if HONOR_RETRY_AFTER:
+                    self.backoff_s = retry_after_s(response.headers)
                 return
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:120]}")

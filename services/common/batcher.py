@@ -1,16 +1,23 @@
-"""Dynamic batching: concurrent requests are merged into one model call.
+"""Dynamic batching with admission by time: concurrent requests are merged into padding-efficient model calls.
 
-Requests arrive tokenized; their texts are queued one by one (a request may span several model
-calls). The worker takes texts in arrival order up to `max_batch_size` texts and `max_batch_tokens`
-padded tokens, waiting at most `max_wait_ms` for a batch to fill, and hands them to the embedder in a
-single worker thread so the event loop stays free (the embedder sorts by length and groups to cut
-padding). A full queue rejects at once (429).
+Requests arrive tokenized. Admission asks one question: how long will the work already queued take?
+The batcher measures its own throughput (padded tokens per second of model time, over the last model
+calls) and the padding its groups add, so the estimate follows the machine, the variant and the text
+lengths actually served; nothing is configured. A request is admitted while the queue's estimated wait
+is within `max_queue_wait_s` (an empty queue always admits, so no request is refused forever); otherwise
+`Overloaded` carries a Retry-After.
+
+The batcher alone decides batch shape: it takes texts in arrival order up to `max_batch_size` texts and
+`max_batch_tokens` padded tokens (waiting at most `max_wait_ms` for a batch to fill), sorts them by
+length and splits them into groups that pad little; every group is exactly one model call. Texts whose
+request was cancelled (the client went away) or whose deadline passed are dropped before the model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,27 +31,148 @@ from .metrics import ServiceMetrics
 log = logging.getLogger(__name__)
 
 
-class QueueFullError(Exception):
-    pass
+class Overloaded(Exception):
+    """The queue's estimated wait is over budget; come back after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
-@dataclass
-class _Job:
+class ShuttingDown(Exception):
+    """The service is draining: the request was not run (or was cut off at the grace deadline)."""
+
+
+class DeadlineExceeded(Exception):
+    """The request waited in the queue past its deadline; its texts were not run."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def retry_after_for(wait_s: float) -> int:
+    """Half the current drain time, at least 1 s.
+
+    By then half of the backlog is gone, so a client that obeys it is admitted while the model is still
+    busy with the other half: the queue never runs dry (goodput stays at capacity), and the rejected
+    clients come back a few times per backlog rather than every second.
+    """
+    return max(1, math.ceil(wait_s / 2))
+
+
+def padding_efficient_groups(
+    lengths: list[int], max_padding: float = 0.3, overhead_tokens: int = 16
+) -> list[list[int]]:
+    """Indices grouped by length so that padded tokens exceed real ones by at most `max_padding`.
+
+    `overhead_tokens` stands for the fixed cost of one model call, so tiny groups are not split off.
+    One 230-token paragraph among 15 short sentences would otherwise make every row cost 230 tokens.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for index in order:
+        length = lengths[index]
+        padded = (len(current) + 1) * length
+        if current and padded > (1 + max_padding) * (real + length) + overhead_tokens:
+            groups.append(current)
+            current, real = [], 0
+        current.append(index)
+        real += length
+    if current:
+        groups.append(current)
+    return groups
+
+
+class ThroughputEstimate:
+    """Model time per call, fitted as `overhead + padded_tokens / rate` over the last `window` calls.
+
+    The fixed part matters: one short sentence costs far more per token than a full batch, so a rate taken
+    from full batches alone would promise small calls too much (and the other way round).
+    """
+
+    def __init__(self, window: int = 64):
+        self._calls: deque[tuple[int, int, float]] = deque(maxlen=window)  # (padded, real, seconds)
+        self._fitted: tuple[float, float] | None = None
+
+    def observe(self, padded_tokens: int, real_tokens: int, seconds: float) -> None:
+        if seconds > 0 and padded_tokens > 0:
+            self._calls.append((padded_tokens, real_tokens, seconds))
+            self._fitted = None
+
+    @property
+    def measured(self) -> bool:
+        return bool(self._calls)
+
+    def _fit(self) -> tuple[float, float]:
+        if self._fitted is None:
+            self._fitted = self._least_squares()
+        return self._fitted
+
+    def _least_squares(self) -> tuple[float, float]:
+        """(seconds per call, seconds per padded token), both kept >= 0."""
+        if not self._calls:
+            return 0.0, 0.0
+        x = np.array([c[0] for c in self._calls], dtype=np.float64)
+        y = np.array([c[2] for c in self._calls], dtype=np.float64)
+        if len(x) >= 2 and x.std() > 0.05 * x.mean():
+            slope, intercept = np.polyfit(x, y, 1)
+            if slope > 0 and intercept >= 0:
+                return float(intercept), float(slope)
+            if slope <= 0:  # cost does not grow with tokens here: a fixed cost per call
+                return float(y.mean()), 0.0
+        return 0.0, float(y.sum() / x.sum())
+
+    @property
+    def padded_tokens_per_s(self) -> float:
+        """Throughput of the calls seen (padded tokens over model seconds)."""
+        seconds = sum(c[2] for c in self._calls)
+        return sum(c[0] for c in self._calls) / seconds if seconds else 0.0
+
+    @property
+    def padding_ratio(self) -> float:
+        real = sum(c[1] for c in self._calls)
+        return sum(c[0] for c in self._calls) / real if real else 1.0
+
+    def seconds_for(self, real_tokens: int, calls: int = 1) -> float:
+        """Model time for `real_tokens` queued tokens run in `calls` model calls (0 before any measurement)."""
+        if real_tokens <= 0:
+            return 0.0
+        per_call, per_token = self._fit()
+        return max(1, calls) * per_call + real_tokens * self.padding_ratio * per_token
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's texts on their way through the queue."""
+
     size: int
     future: asyncio.Future
     enqueued_at: float
+    deadline: float
     results: list = field(default_factory=list)
     remaining: int = 0
     started_at: float | None = None
+    cancelled: bool = False
+    queued_tokens: int = 0  # tokens of this job's texts still in the queue
+    queued_texts: int = 0
+    drop_reason: str = ""  # why its texts left in the queue are dropped: disconnected, deadline, failed
+    estimated_wait_s: float = 0.0  # what admission expected its queue wait to be
 
     def __post_init__(self):
         self.results = [None] * self.size
         self.remaining = self.size
 
+    def fail(self, exc: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
 
 @dataclass
 class _Item:
-    job: _Job
+    job: Job
     index: int
     token_ids: list[int]
 
@@ -58,21 +186,39 @@ class BatchResult:
     embeddings: np.ndarray
     queue_ms: float
     inference_ms: float
+    estimated_queue_ms: float = 0.0
 
 
 class DynamicBatcher:
-    def __init__(self, embed_fn: Callable[[list[list[int]]], np.ndarray], metrics: ServiceMetrics, max_batch_size: int = 32,
-                 max_batch_tokens: int = 16384, max_wait_ms: float = 5.0, queue_limit: int = 128):
-        self._embed_fn = embed_fn
+    """`run_batch(ids)` runs exactly one model call on the rows it is given (padded to the longest)."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[list[int]]], np.ndarray],
+        metrics: ServiceMetrics,
+        max_batch_size: int = 32,
+        max_batch_tokens: int = 16384,
+        max_wait_ms: float = 5.0,
+        max_queue_wait_ms: float = 30_000.0,
+    ):
+        self._run_batch = run_batch
         self._metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000.0
-        self.queue_limit = queue_limit
+        self.max_queue_wait_s = max_queue_wait_ms / 1000.0
+        self.throughput = ThroughputEstimate()
         self._queue: deque[_Item] = deque()
+        self._queued_tokens = 0  # real tokens of live queued texts
+        self._queued_texts = 0
+        self._running_until: float | None = None  # estimated end of the model calls now running
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._task: asyncio.Task | None = None
+        self._running_jobs: set[Job] = set()
+        metrics.estimated_wait.set_function(self.estimated_wait_s)
+        metrics.tokens_per_second.set_function(lambda: self.throughput.padded_tokens_per_s)
+        metrics.queue_depth.set_function(lambda: len(self._queue))
 
     @property
     def depth(self) -> int:
@@ -81,54 +227,161 @@ class DynamicBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="dynamic-batcher")
 
-    async def stop(self) -> None:
+    def calibrate(self, token_ids: list[list[int]]) -> None:
+        """Time model calls of one text and of the batch outside the queue (blocking; at warm-up), so that
+        admission starts from measured costs of a small and a large call."""
+        for rows in (token_ids[:1], token_ids, token_ids[:1], token_ids):
+            started = time.perf_counter()
+            self._run_batch(rows)
+            self._observe(rows, time.perf_counter() - started)
+
+    async def stop(self, reason: Exception | None = None) -> None:
+        """Stop the worker; every request still queued or running fails with `reason`."""
         if self._task:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        reason = reason or ShuttingDown("service is shutting down")
         for item in self._queue:
-            if not item.job.future.done():
-                item.job.future.set_exception(RuntimeError("service is shutting down"))
+            item.job.fail(reason)
+        for job in self._running_jobs:
+            job.fail(reason)
         self._queue.clear()
+        self._queued_tokens = self._queued_texts = 0
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, token_ids: list[list[int]]) -> BatchResult:
-        """Queue one request's tokenized texts; resolves when all of them are embedded."""
-        if len(self._queue) + len(token_ids) > self.queue_limit:
-            self._metrics.rejected.inc()
-            raise QueueFullError(f"queue is full ({len(self._queue)} texts waiting, limit {self.queue_limit})")
-        job = _Job(size=len(token_ids), future=asyncio.get_running_loop().create_future(), enqueued_at=time.perf_counter())
+    # -- admission ---------------------------------------------------------------------------------------
+
+    def estimated_wait_s(self) -> float:
+        """Seconds until a request admitted now would start: the calls now running plus the queued work."""
+        running = max(0.0, self._running_until - time.perf_counter()) if self._running_until else 0.0
+        calls = math.ceil(self._queued_texts / self.max_batch_size)
+        return running + self.throughput.seconds_for(self._queued_tokens, calls)
+
+    def check_admission(self) -> None:
+        """Raise Overloaded when the queue already holds more than the wait budget (before any parsing)."""
+        wait = self.estimated_wait_s()
+        if self._queue and wait > self.max_queue_wait_s:
+            self._metrics.rejected.labels(reason="queue_wait").inc()
+            raise Overloaded(
+                f"estimated queue wait {wait:.1f} s is over the budget of {self.max_queue_wait_s:.1f} s",
+                retry_after_for(wait),
+            )
+
+    def submit(self, token_ids: list[list[int]]) -> Job:
+        """Admit and queue one request's tokenized texts (raises Overloaded); await `wait(job)` for the result."""
+        self.check_admission()
+        estimated_wait = self.estimated_wait_s()
+        now = time.perf_counter()
+        # The deadline leaves the estimate room for error (a quarter of the budget, at least 1 s) before admitted
+        # work is shed.
+        slack = max(0.25 * self.max_queue_wait_s, 1.0)
+        job = Job(
+            size=len(token_ids),
+            future=asyncio.get_running_loop().create_future(),
+            enqueued_at=now,
+            deadline=now + self.max_queue_wait_s + slack,
+            estimated_wait_s=estimated_wait,
+        )
         self._queue.extend(_Item(job, i, ids) for i, ids in enumerate(token_ids))
-        self._metrics.queue_depth.set(len(self._queue))
+        job.queued_tokens = sum(len(ids) for ids in token_ids)
+        job.queued_texts = len(token_ids)
+        self._queued_tokens += job.queued_tokens
+        self._queued_texts += job.queued_texts
+        self._metrics.admitted.inc()
         self._wakeup.set()
+        return job
+
+    async def wait(self, job: Job) -> BatchResult:
         await job.future
         finished = time.perf_counter()
         return BatchResult(
             embeddings=np.stack(job.results),
             queue_ms=(job.started_at - job.enqueued_at) * 1000.0,
             inference_ms=(finished - job.started_at) * 1000.0,
+            estimated_queue_ms=job.estimated_wait_s * 1000.0,
         )
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: its texts still queued are dropped before they reach the model."""
+        if job.future.done() or job.cancelled:
+            return
+        self._retire(job, "disconnected")
+        job.future.cancel()
+
+    def _retire(self, job: Job, reason: str) -> None:
+        """Mark a job dead: its texts left in the queue stop counting as queued work."""
+        job.cancelled, job.drop_reason = True, reason
+        self._queued_tokens -= job.queued_tokens
+        self._queued_texts -= job.queued_texts
+
+    def _unqueue(self, item: _Item) -> None:
+        item.job.queued_tokens -= item.tokens
+        item.job.queued_texts -= 1
+        if not item.job.cancelled:
+            self._queued_tokens -= item.tokens
+            self._queued_texts -= 1
+
+    async def embed(self, token_ids: list[list[int]]) -> BatchResult:
+        """submit + wait (no disconnect watching): for callers that have no client connection."""
+        return await self.wait(self.submit(token_ids))
+
+    # -- the worker --------------------------------------------------------------------------------------
+
+    def _drop_dead_items(self) -> None:
+        """Drop texts at the head of the queue whose request was cancelled or is past its deadline."""
+        now = time.perf_counter()
+        while self._queue:
+            job = self._queue[0].job
+            if job.cancelled:
+                pass
+            elif now > job.deadline and job.started_at is None:
+                job.fail(
+                    DeadlineExceeded(
+                        f"waited {now - job.enqueued_at:.1f} s in the queue, well over the "
+                        f"budget of {self.max_queue_wait_s:.1f} s; not run",
+                        retry_after_for(self.estimated_wait_s()),
+                    )
+                )
+                self._retire(job, "deadline")
+            else:
+                return
+            self._unqueue(self._queue.popleft())
+            self._metrics.dropped_texts.labels(reason=job.drop_reason).inc()
 
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []
         longest = 0
-        while self._queue and len(batch) < self.max_batch_size:
+        while True:
+            self._drop_dead_items()
+            if not self._queue or len(batch) >= self.max_batch_size:
+                break
             candidate = self._queue[0]
             widest = max(longest, candidate.tokens)
             if batch and widest * (len(batch) + 1) > self.max_batch_tokens:
                 break
             batch.append(self._queue.popleft())
+            self._unqueue(candidate)
             longest = widest
         return batch
+
+    def _observe(self, token_ids: list[list[int]], seconds: float) -> None:
+        padded = len(token_ids) * max(len(row) for row in token_ids)
+        self.throughput.observe(padded, sum(len(row) for row in token_ids), seconds)
+        self._metrics.inference_time.observe(seconds)
+        self._metrics.batch_size.observe(len(token_ids))
+        self._metrics.batch_tokens.observe(padded)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            self._drop_dead_items()
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                continue
             # Let a batch fill for up to max_wait_ms after its oldest text arrived.
             deadline = self._queue[0].job.enqueued_at + self.max_wait_s
             while len(self._queue) < self.max_batch_size and (delay := deadline - time.perf_counter()) > 0:
@@ -138,28 +391,40 @@ class DynamicBatcher:
                 except TimeoutError:
                     break
             batch = self._take_batch()
-            self._metrics.queue_depth.set(len(self._queue))
-            started = time.perf_counter()
-            for item in batch:
-                if item.job.started_at is None:
-                    item.job.started_at = started
-            try:
-                vectors = await loop.run_in_executor(self._executor, self._embed_fn, [item.token_ids for item in batch])
-            except Exception as exc:  # a model failure fails the requests in this batch, not the service
-                log.exception("model call failed for a batch of %d texts", len(batch))
-                for item in batch:
-                    if not item.job.future.done():
-                        item.job.future.set_exception(exc)
+            if not batch:
                 continue
-            self._metrics.inference_time.observe(time.perf_counter() - started)
-            self._metrics.batch_size.observe(len(batch))
-            self._metrics.batch_requests.observe(len({id(item.job) for item in batch}))
-            self._metrics.batch_tokens.observe(len(batch) * max(item.tokens for item in batch))
-            self._metrics.texts.inc(len(batch))
-            for item, vector in zip(batch, vectors):
-                job = item.job
-                job.results[item.index] = vector
-                job.remaining -= 1
-                if job.remaining == 0 and not job.future.done():
-                    self._metrics.queue_time.observe(job.started_at - job.enqueued_at)
-                    job.future.set_result(None)
+            started = time.perf_counter()
+            real_tokens = sum(item.tokens for item in batch)
+            groups = padding_efficient_groups([item.tokens for item in batch])
+            self._running_until = started + self.throughput.seconds_for(real_tokens, len(groups))
+            self._running_jobs = {item.job for item in batch}
+            for job in self._running_jobs:
+                if job.started_at is None:
+                    job.started_at = started
+            self._metrics.batch_requests.observe(len(self._running_jobs))
+            for group in groups:
+                items = [batch[i] for i in group if not batch[i].job.cancelled]
+                if not items:
+                    continue
+                rows = [item.token_ids for item in items]
+                call_started = time.perf_counter()
+                try:
+                    vectors = await loop.run_in_executor(self._executor, self._run_batch, rows)
+                except Exception as exc:  # a model failure fails the requests in this call, not the service
+                    log.exception("model call failed for a batch of %d texts", len(rows))
+                    for job in {item.job for item in items}:
+                        job.fail(exc)
+                        if not job.cancelled:
+                            self._retire(job, "failed")
+                    continue
+                self._observe(rows, time.perf_counter() - call_started)
+                self._metrics.texts.inc(len(rows))
+                for item, vector in zip(items, vectors, strict=True):
+                    job = item.job
+                    job.results[item.index] = vector
+                    job.remaining -= 1
+                    if job.remaining == 0 and not job.future.done():
+                        self._metrics.queue_time.observe(job.started_at - job.enqueued_at)
+                        job.future.set_result(None)
+            self._running_until = None
+            self._running_jobs = set()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -12,21 +12,68 @@ class ServiceMetrics:
     def __init__(self, prefix: str = "embed"):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(f"{prefix}_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
-        self.request_duration = Histogram(f"{prefix}_request_duration_seconds", "Total time per embedding request",
-                                          ["route"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.queue_time = Histogram(f"{prefix}_queue_time_seconds", "Time a request waited before its batch ran",
-                                    buckets=_LATENCY_BUCKETS, registry=r)
-        self.inference_time = Histogram(f"{prefix}_inference_time_seconds", "Model time per batch (tokenize + forward)",
-                                        buckets=_LATENCY_BUCKETS, registry=r)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, resident memory: what load reports read
+        self.requests = Counter(
+            f"{prefix}_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            f"{prefix}_request_duration_seconds",
+            "Total time per embedding request",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            f"{prefix}_queue_time_seconds",
+            "Time a request waited before its batch ran",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_time = Histogram(
+            f"{prefix}_inference_time_seconds",
+            "Model time per batch (tokenize + forward)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(f"{prefix}_batch_size", "Texts per model call", buckets=_BATCH_BUCKETS, registry=r)
-        self.batch_requests = Histogram(f"{prefix}_batch_requests", "Requests merged into one model call",
-                                        buckets=_BATCH_BUCKETS, registry=r)
-        self.batch_tokens = Histogram(f"{prefix}_batch_padded_tokens", "Padded tokens per model call",
-                                      buckets=(16, 64, 256, 1024, 4096, 16384, 65536), registry=r)
+        self.batch_requests = Histogram(
+            f"{prefix}_batch_requests", "Requests merged into one model call", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            f"{prefix}_batch_padded_tokens",
+            "Padded tokens per model call",
+            buckets=(16, 64, 256, 1024, 4096, 16384, 65536),
+            registry=r,
+        )
         self.queue_depth = Gauge(f"{prefix}_queue_depth", "Texts waiting for a model call", registry=r)
         self.texts = Counter(f"{prefix}_texts", "Texts embedded", registry=r)
-        self.rejected = Counter(f"{prefix}_rejected", "Requests rejected because the queue was full", registry=r)
+        self.admitted = Counter(f"{prefix}_admitted", "Embedding requests admitted to the queue", registry=r)
+        self.rejected = Counter(
+            f"{prefix}_rejected",
+            "Embedding requests answered 429, by reason "
+            "(queue_wait: the estimated wait is over max_queue_wait_ms; concurrency: "
+            "max_concurrent_requests in flight)",
+            ["reason"],
+            registry=r,
+        )
+        self.dropped_texts = Counter(
+            f"{prefix}_dropped_texts",
+            "Queued texts dropped before the model, by reason "
+            "(disconnected client, deadline passed, model call failed)",
+            ["reason"],
+            registry=r,
+        )
+        self.estimated_wait = Gauge(
+            f"{prefix}_estimated_queue_wait_seconds",
+            "Estimated wait before a request admitted now would start",
+            registry=r,
+        )
+        self.tokens_per_second = Gauge(
+            f"{prefix}_measured_padded_tokens_per_second",
+            "Padded tokens per second of model time, over the last model calls",
+            registry=r,
+        )
+        self.in_flight = Gauge(f"{prefix}_requests_in_flight", "Embedding requests being handled", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,16 +22,72 @@ class ServiceSettings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, description="most texts per model call")
     max_batch_tokens: int = Field(16384, ge=1, description="most padded tokens per model call")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch may wait to fill")
-    # Bounded so that a full queue means seconds of backlog on a CPU, not minutes.
-    queue_limit: int = Field(128, ge=1, description="most texts waiting; more get 429")
+    # Admission by time: a typical client timeout. A request that would wait longer is told at once (429 with
+    # Retry-After) instead of timing out after the server spent its CPU on it.
+    max_queue_wait_ms: float = Field(
+        30_000.0,
+        gt=0,
+        description="most estimated queue wait a request is admitted into; more get 429 with Retry-After",
+    )
+    max_concurrent_requests: int = Field(
+        512, ge=1, description="most embedding requests in flight (429 above), as text-embeddings-inference"
+    )
     max_payload_bytes: int = Field(2_000_000, ge=1024, description="largest request body (413 above)")
-    log_level: str = Field("info", description="uvicorn / service log level")
+    shutdown_grace_s: float = Field(
+        25.0,
+        ge=0,
+        description="on SIGTERM, how long admitted requests may take to "
+        "finish (fits Kubernetes' 30 s); later ones get 503",
+    )
+    drain_delay_s: float = Field(
+        0.0, ge=0, description="on SIGTERM, keep answering (health 503) at least this long so load balancers notice"
+    )
+    header_timeout_s: float = Field(10.0, gt=0, description="close a connection whose request headers take longer")
+    body_timeout_s: float = Field(30.0, gt=0, description="answer 408 to a request whose body takes longer")
+    keep_alive_s: int = Field(5, ge=1, description="close idle keep-alive connections after this long")
+    max_connections: int = Field(2048, ge=1, description="most open connections; requests on more get 503")
+    api_keys: str = Field(
+        "", description="comma-separated API keys; when set, every route but /health needs Authorization: Bearer <key>"
+    )
+    model_name: str = Field(
+        "",
+        description="model name shown in /info and /v1/embeddings (default: the model id "
+        "the artifacts were built from, never a file path)",
+    )
+    show_versions: bool = Field(False, description="list library versions in /info")
+    debug: bool = Field(False, description="print tracebacks for start-up failures")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "info", description="uvicorn / service log level"
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value):
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.max_wait_ms >= self.max_queue_wait_ms:
+            raise ValueError(
+                f"max_wait_ms ({self.max_wait_ms}) must be below max_queue_wait_ms ({self.max_queue_wait_ms})"
+            )
+        return self
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+
+class SettingsError(Exception):
+    """A setting a user gave is invalid: one line that names it, where it came from, and what is wrong."""
 
 
 def parse_settings(settings_cls: type[ServiceSettings], argv: list[str] | None, prog: str) -> ServiceSettings:
     """Every field is a flag (--max-wait-ms) and an env var (PREFIX_MAX_WAIT_MS); flags win."""
     prefix = settings_cls.model_config.get("env_prefix", "")
-    parser = argparse.ArgumentParser(prog=prog, description=f"Embedding service. Every flag is also an env var {prefix}<NAME>.")
+    parser = argparse.ArgumentParser(
+        prog=prog, description=f"Embedding service. Every flag is also an env var {prefix}<NAME>."
+    )
     for name, field in settings_cls.model_fields.items():
         flags = [f"--{name.replace('_', '-')}"]
         if name == "artifacts_dir":
@@ -42,4 +99,19 @@ def parse_settings(settings_cls: type[ServiceSettings], argv: list[str] | None, 
             parser.add_argument(*flags, dest=name, default=None, help=help_text)
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
-    return settings_cls(**overrides)
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_settings_error(exc, prefix, overrides)) from None
+
+
+def describe_settings_error(exc: ValidationError, prefix: str, flags: dict) -> str:
+    parts = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err.get("loc", ()))
+        if not name:  # a check across settings
+            parts.append(str(err.get("msg", "")).removeprefix("Value error, "))
+            continue
+        source = f"--{name.replace('_', '-')}" if name in flags else f"env {prefix}{name.upper()}"
+        parts.append(f"{name} ({source}) = {err.get('input')!r}: {err.get('msg')}")
+    return "invalid setting: " + "; ".join(parts)

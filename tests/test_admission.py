@@ -1,0 +1,216 @@
+"""Admission by time, Retry-After, batch shape, cancellation, deadlines: the batcher with a fake model (fast lane)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from services.common.app import create_app
+from services.common.batcher import (
+    DeadlineExceeded,
+    DynamicBatcher,
+    Overloaded,
+    ThroughputEstimate,
+    retry_after_for,
+)
+from services.common.metrics import ServiceMetrics
+from services.common.settings import ServiceSettings
+
+from .fakes import FakeEmbedder
+
+
+class GatedModel:
+    """run_batch that records every call and blocks while the gate is closed; each call costs `cost_s`."""
+
+    def __init__(self, cost_s: float = 0.0):
+        self.gate = threading.Event()
+        self.gate.set()
+        self.calls: list[list[list[int]]] = []
+        self.cost_s = cost_s
+
+    def __call__(self, rows: list[list[int]]) -> np.ndarray:
+        self.calls.append(rows)
+        assert self.gate.wait(timeout=10)
+        if self.cost_s:
+            time.sleep(self.cost_s)
+        return np.ones((len(rows), 4), dtype=np.float32)
+
+
+def _metric(metrics: ServiceMetrics, name: str, **labels) -> float:
+    value = metrics.registry.get_sample_value(name, labels or None)
+    return value or 0.0
+
+
+def test_throughput_estimate_is_measured_not_configured():
+    estimate = ThroughputEstimate()
+    assert not estimate.measured and estimate.seconds_for(1000) == 0.0
+    estimate.observe(padded_tokens=1000, real_tokens=800, seconds=0.5)
+    estimate.observe(padded_tokens=3000, real_tokens=2400, seconds=1.5)
+    assert estimate.padded_tokens_per_s == pytest.approx(2000.0)
+    assert estimate.padding_ratio == pytest.approx(1.25)
+    # 800 queued real tokens -> 1000 padded -> 0.5 s
+    assert estimate.seconds_for(800) == pytest.approx(0.5)
+
+
+def test_retry_after_is_half_the_drain_time_and_at_least_one_second():
+    assert retry_after_for(0.0) == 1
+    assert retry_after_for(1.5) == 1
+    assert retry_after_for(30.0) == 15
+    assert retry_after_for(61.0) == 31
+
+
+def test_admission_rejects_by_estimated_wait_and_an_empty_queue_always_admits():
+    async def scenario():
+        metrics = ServiceMetrics()
+        model = GatedModel()
+        batcher = DynamicBatcher(model, metrics, max_batch_size=4, max_wait_ms=0, max_queue_wait_ms=1000)
+        batcher.throughput.observe(padded_tokens=100, real_tokens=100, seconds=1.0)  # 100 tokens/s
+        batcher.start()
+        model.gate.clear()
+        # A request of 500 tokens (5 s of work) is larger than the budget but the queue is empty: admitted.
+        first = batcher.submit([[1] * 100] * 5)
+        await asyncio.sleep(0.05)  # the worker takes its first batch (4 rows) and blocks on the gate
+        # 1 row (1 s) queued + the running call: over the 1 s budget, so the next request is turned away.
+        assert batcher.estimated_wait_s() > 1.0
+        with pytest.raises(Overloaded) as rejected:
+            batcher.submit([[1] * 10])
+        assert rejected.value.retry_after_s >= 1
+        assert _metric(metrics, "embed_rejected_total", reason="queue_wait") == 1
+        model.gate.set()
+        result = await batcher.wait(first)
+        assert result.embeddings.shape == (5, 4)
+        # Drained: admitted again.
+        assert (await batcher.embed([[1] * 10])).embeddings.shape == (1, 4)
+        assert _metric(metrics, "embed_admitted_total") == 2
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_batcher_owns_batch_shape_length_sorted_groups_within_the_token_budget():
+    async def scenario():
+        model = GatedModel()
+        batcher = DynamicBatcher(model, ServiceMetrics(), max_batch_size=32, max_batch_tokens=400, max_wait_ms=20)
+        batcher.start()
+        lengths = [5, 90, 6, 7, 88, 5, 40, 6]
+        result = await batcher.embed([[7] * n for n in lengths])
+        assert result.embeddings.shape == (8, 4)
+        for rows in model.calls:
+            widths = [len(r) for r in rows]
+            assert len(rows) * max(widths) <= 400  # every model call fits the padded-token budget
+            assert max(widths) <= 1.3 * sum(widths) / len(widths) + 16  # and pads little
+        assert sorted(len(r) for rows in model.calls for r in rows) == sorted(lengths)
+        assert len(model.calls) >= 2  # short and long texts were not padded together
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_cancelled_request_texts_never_reach_the_model():
+    async def scenario():
+        metrics = ServiceMetrics()
+        model = GatedModel()
+        batcher = DynamicBatcher(model, metrics, max_batch_size=2, max_wait_ms=0)
+        batcher.start()
+        model.gate.clear()
+        running = batcher.submit([[1, 2], [1, 3]])
+        await asyncio.sleep(0.05)
+        abandoned = batcher.submit([[9, 9, 9]] * 6)
+        assert batcher.estimated_wait_s() >= 0
+        batcher.cancel(abandoned)
+        model.gate.set()
+        await batcher.wait(running)
+        await asyncio.sleep(0.05)
+        assert all(row != [9, 9, 9] for rows in model.calls for row in rows)
+        assert _metric(metrics, "embed_dropped_texts_total", reason="disconnected") == 6
+        assert batcher.depth == 0 and batcher.estimated_wait_s() == pytest.approx(0.0, abs=1e-6)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_texts_past_their_deadline_are_dropped_with_a_retry_after():
+    async def scenario():
+        metrics = ServiceMetrics()
+        model = GatedModel()
+        batcher = DynamicBatcher(model, metrics, max_batch_size=1, max_wait_ms=0, max_queue_wait_ms=100)
+        batcher.start()
+        model.gate.clear()
+        running = batcher.submit([[1]])
+        await asyncio.sleep(0.02)
+        late = batcher.submit([[2]])
+        await asyncio.sleep(1.2)  # past the 100 ms budget and its 1 s slack while the model is busy
+        model.gate.set()
+        await batcher.wait(running)
+        with pytest.raises(DeadlineExceeded) as expired:
+            await batcher.wait(late)
+        assert expired.value.retry_after_s >= 1
+        assert _metric(metrics, "embed_dropped_texts_total", reason="deadline") == 1
+        assert [rows for rows in model.calls] == [[[1]]]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def _ready(client: TestClient) -> None:
+    deadline = time.monotonic() + 10
+    while client.get("/health").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_http_overload_answers_429_with_retry_after_from_the_estimate_and_keeps_serving():
+    # Each model call costs 50 ms; the budget is 300 ms: a burst of 40 requests cannot all wait that little.
+    settings = ServiceSettings(max_queue_wait_ms=300, max_batch_size=4, max_wait_ms=1)
+    embedder = FakeEmbedder(delay_s=0.05)
+    with TestClient(create_app(settings, embedder)) as client:
+        _ready(client)
+
+        def post(_):
+            return client.post("/embed", json={"inputs": ["some words here"] * 4})
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(40) as pool:
+            responses = list(pool.map(post, range(40)))
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 429}, statuses
+        assert statuses.count(200) >= 4 and statuses.count(429) >= 1
+        rejected = next(r for r in responses if r.status_code == 429)
+        assert rejected.json()["error_type"] == "overloaded"
+        assert int(rejected.headers["retry-after"]) >= 1
+        metrics = client.get("/metrics").text
+        assert "embed_estimated_queue_wait_seconds" in metrics and "embed_measured_padded_tokens_per_second" in metrics
+        assert client.post("/embed", json={"inputs": "calm again"}).status_code == 200
+
+
+def test_no_429_when_the_backlog_fits_the_budget():
+    # 32 clients x 8 texts, 20 ms per call of up to 32 texts: about 0.2 s of backlog against a 30 s budget.
+    settings = ServiceSettings(max_batch_size=32, max_wait_ms=2)
+    with TestClient(create_app(settings, FakeEmbedder(delay_s=0.02))) as client:
+        _ready(client)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(32) as pool:
+            statuses = list(
+                pool.map(lambda _: client.post("/embed", json={"inputs": ["a b c"] * 8}).status_code, range(96))
+            )
+        assert statuses == [200] * 96
+
+
+def test_too_many_requests_in_flight_get_429():
+    settings = ServiceSettings(max_concurrent_requests=2, max_batch_size=1, max_wait_ms=0)
+    embedder = FakeEmbedder(delay_s=0.2)
+    with TestClient(create_app(settings, embedder)) as client:
+        _ready(client)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(6) as pool:
+            statuses = list(pool.map(lambda _: client.post("/embed", json={"inputs": "x y"}).status_code, range(6)))
+        assert statuses.count(429) >= 1 and statuses.count(200) >= 2
+        assert 'embed_rejected_total{reason="concurrency"}' in client.get("/metrics").text

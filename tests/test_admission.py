@@ -214,3 +214,21 @@ def test_too_many_requests_in_flight_get_429():
             statuses = list(pool.map(lambda _: client.post("/embed", json={"inputs": "x y"}).status_code, range(6)))
         assert statuses.count(429) >= 1 and statuses.count(200) >= 2
         assert 'embed_rejected_total{reason="concurrency"}' in client.get("/metrics").text
+
+
+def test_the_wait_estimate_corrects_itself_by_its_measured_error():
+    async def scenario():
+        model = GatedModel()
+        batcher = DynamicBatcher(model, ServiceMetrics(), max_batch_size=1, max_wait_ms=0)
+        batcher.throughput.observe(padded_tokens=100, real_tokens=100, seconds=1.0)  # claims 1 s per 100 tokens
+        assert batcher.wait_correction == 1.0
+        now = time.perf_counter()
+        for _ in range(6):  # requests that were estimated to wait 2 s and actually waited 3 s
+            job = batcher.submit([[1]])
+            job.raw_estimate_s, job.enqueued_at = 2.0, now - 3.0
+            batcher._record_wait_error(job, now)
+        assert batcher.wait_correction == pytest.approx(1.5)
+        assert batcher.estimated_wait_s() == pytest.approx(1.5 * batcher._raw_wait_s())
+        await batcher.stop()
+
+    asyncio.run(scenario())

@@ -160,6 +160,7 @@ class Job:
     queued_texts: int = 0
     drop_reason: str = ""  # why its texts left in the queue are dropped: disconnected, deadline, failed
     estimated_wait_s: float = 0.0  # what admission expected its queue wait to be
+    raw_estimate_s: float = 0.0  # the same before the correction from past errors
 
     def __post_init__(self):
         self.results = [None] * self.size
@@ -216,6 +217,7 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._task: asyncio.Task | None = None
         self._running_jobs: set[Job] = set()
+        self._wait_errors: deque[float] = deque(maxlen=32)  # actual / estimated queue wait, recent requests
         metrics.estimated_wait.set_function(self.estimated_wait_s)
         metrics.tokens_per_second.set_function(lambda: self.throughput.padded_tokens_per_s)
         metrics.queue_depth.set_function(lambda: len(self._queue))
@@ -254,11 +256,26 @@ class DynamicBatcher:
 
     # -- admission ---------------------------------------------------------------------------------------
 
-    def estimated_wait_s(self) -> float:
-        """Seconds until a request admitted now would start: the calls now running plus the queued work."""
+    def _raw_wait_s(self) -> float:
         running = max(0.0, self._running_until - time.perf_counter()) if self._running_until else 0.0
         calls = math.ceil(self._queued_texts / self.max_batch_size)
         return running + self.throughput.seconds_for(self._queued_tokens, calls)
+
+    def estimated_wait_s(self) -> float:
+        """Seconds until a request admitted now would start: the calls now running plus the queued work,
+        corrected by how far past estimates were off (the median of actual / estimated over recent requests)."""
+        return self._raw_wait_s() * self.wait_correction
+
+    @property
+    def wait_correction(self) -> float:
+        if len(self._wait_errors) < 4:
+            return 1.0
+        return min(2.0, max(0.5, float(np.median(self._wait_errors))))
+
+    def _record_wait_error(self, job: Job, started: float) -> None:
+        # Only waits long enough to matter: a short one is mostly batch-fill timing, not the estimate.
+        if job.raw_estimate_s >= 0.5:
+            self._wait_errors.append((started - job.enqueued_at) / job.raw_estimate_s)
 
     def check_admission(self) -> None:
         """Raise Overloaded when the queue already holds more than the wait budget (before any parsing)."""
@@ -273,7 +290,7 @@ class DynamicBatcher:
     def submit(self, token_ids: list[list[int]]) -> Job:
         """Admit and queue one request's tokenized texts (raises Overloaded); await `wait(job)` for the result."""
         self.check_admission()
-        estimated_wait = self.estimated_wait_s()
+        raw_wait = self._raw_wait_s()
         now = time.perf_counter()
         # The deadline leaves the estimate room for error (a quarter of the budget, at least 1 s) before admitted
         # work is shed.
@@ -283,7 +300,8 @@ class DynamicBatcher:
             future=asyncio.get_running_loop().create_future(),
             enqueued_at=now,
             deadline=now + self.max_queue_wait_s + slack,
-            estimated_wait_s=estimated_wait,
+            estimated_wait_s=raw_wait * self.wait_correction,
+            raw_estimate_s=raw_wait,
         )
         self._queue.extend(_Item(job, i, ids) for i, ids in enumerate(token_ids))
         job.queued_tokens = sum(len(ids) for ids in token_ids)
@@ -401,6 +419,7 @@ class DynamicBatcher:
             for job in self._running_jobs:
                 if job.started_at is None:
                     job.started_at = started
+                    self._record_wait_error(job, started)
             self._metrics.batch_requests.observe(len(self._running_jobs))
             for group in groups:
                 items = [batch[i] for i in group if not batch[i].job.cancelled]

@@ -25,12 +25,15 @@ def session_options(threads: int | None, optimize: bool, optimized_model_path: P
 class OnnxSentenceRunner:
     """(input_ids, attention_mask) -> pooled sentence embeddings (not normalized), float32."""
 
-    def __init__(self, model_path: Path, threads: int | None = None, optimize: bool = True):
+    def __init__(self, model_path: Path, threads: int | None = None, optimize: bool = True,
+                 providers: list | None = None):
+        """`providers`: ONNX Runtime execution providers in order of preference (default: the CPU only)."""
         import onnxruntime as ort
 
         self.model_path = Path(model_path)
         self.session = ort.InferenceSession(
-            str(model_path), sess_options=session_options(threads, optimize), providers=["CPUExecutionProvider"]
+            str(model_path), sess_options=session_options(threads, optimize),
+            providers=providers or ["CPUExecutionProvider"],
         )
         self._input_names = {i.name for i in self.session.get_inputs()}
 
@@ -49,11 +52,12 @@ def optimize_at_load(variant: str) -> bool:
     return variant not in PREOPTIMIZED_VARIANTS
 
 
-def load_variant(artifacts_dir: Path, manifest, variant: str, threads: int | None = None) -> OnnxSentenceRunner:
+def load_variant(artifacts_dir: Path, manifest, variant: str, threads: int | None = None,
+                 providers: list | None = None) -> OnnxSentenceRunner:
     """The runner of one ONNX variant of a built artifact folder, via its manifest record."""
     from .manifest import ArtifactError
 
     if variant not in ONNX_VARIANTS:
         raise ArtifactError(f"'{variant}' is not an ONNX variant (have: {', '.join(ONNX_VARIANTS)}).")
     return OnnxSentenceRunner(manifest.path_of(artifacts_dir, variant), threads=threads,
-                              optimize=optimize_at_load(variant))
+                              optimize=optimize_at_load(variant), providers=providers)

@@ -188,6 +188,8 @@ def test_gpu_overlay_puts_torch_api_on_gpu_nodes():
     pod = by_kind(docs, "Deployment")["torch-api"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    env = {v["name"]: v.get("value") for v in pod["containers"][0]["env"]}
+    assert env["TORCH_API_DEVICE"] == "cuda" and pod["containers"][0]["image"].endswith(":cuda")
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     onnx_pod = by_kind(docs, "Deployment")["onnx-api"]["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in onnx_pod["containers"][0]["resources"]["limits"]
@@ -205,15 +207,16 @@ def test_the_service_exports_the_autoscaling_metric():
 
 def test_manifest_settings_exist_in_the_service():
     """Every <PREFIX>_<NAME> variable the manifests set is a real setting (unknown ones are silently ignored)."""
-    from services.common.settings import ServiceSettings
+    from services.onnx_api.embedder import OnnxSettings
+    from services.torch_api.embedder import TorchSettings
 
-    fields = set(ServiceSettings.model_fields) | {"compile"}  # compile: TorchSettings only
+    fields = {"torch-api": set(TorchSettings.model_fields), "onnx-api": set(OnnxSettings.model_fields)}
     for overlay_name in OVERLAYS:
         for app, deployment in by_kind(objects(render(K8S / "overlays" / overlay_name)), "Deployment").items():
             container = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == app)
             for var in container["env"]:
                 if var["name"].startswith(PREFIX[app]):
-                    assert var["name"][len(PREFIX[app]):].lower() in fields, (overlay_name, app, var["name"])
+                    assert var["name"][len(PREFIX[app]):].lower() in fields[app], (overlay_name, app, var["name"])
 
 
 def test_keda_component_replaces_the_hpas(tmp_path):

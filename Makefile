@@ -11,7 +11,7 @@ RUNS ?= 100
 # 2 cores. TIME_BUDGET_S=0 times every one of RUNS runs (about an hour).
 TIME_BUDGET_S ?= 15
 
-.PHONY: setup models models-small test test-fast test-slow lint benchmark gpu-lab artifacts run loadtest docker-e2e clean
+.PHONY: setup models models-small test test-fast test-slow lint benchmark gpu-lab gpu-serving gpu-carry artifacts run loadtest docker-e2e clean
 
 setup: $(VENV)/.setup-stamp
 
@@ -56,6 +56,25 @@ benchmark: artifacts
 GPU_PYTHON ?= $(PY)
 gpu-lab: models
 	$(GPU_PYTHON) -m benchmarks.gpu_lab --tokenizer $(OFFLINE_MODEL)/tokenizer.json --out results/gpu-lab
+
+# Serving on a GPU, measured (benchmarks/gpu_serving.py): both services on the GPU over HTTP at 1/8/32 clients
+# x 1/8 texts, warm-up, graphs compiled; the host CPU's int8 vs fp32 rows. Random-weight MPNet-base, real
+# tokenizer. `make gpu-carry` here, then on the GPU machine `bash scripts/gpu_serving_device.sh` (or this target).
+GPU_SERVING_BUDGET_S ?= 450
+gpu-serving:
+	$(GPU_PYTHON) -m benchmarks.gpu_serving --tokenizer-dir $(OFFLINE_MODEL) --out results/gpu-serving \
+		--budget-s $(GPU_SERVING_BUDGET_S)
+
+# What a lent GPU machine lacks, in .gpu-carry/ (git-ignored): the tokenizer and the services' wheels.
+gpu-carry: models
+	rm -rf .gpu-carry && mkdir -p .gpu-carry/tokenizer
+	cp $(foreach f,tokenizer.json tokenizer_config.json special_tokens_map.json vocab.txt,$(OFFLINE_MODEL)/$(f)) \
+		.gpu-carry/tokenizer/
+	for v in 3.11 3.12 3.13; do $(PY) -m pip download -q -d .gpu-carry/wheels --only-binary=:all: \
+		--python-version $$v --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		--platform manylinux_2_28_x86_64 --platform any -c constraints.txt \
+		fastapi uvicorn pydantic-settings prometheus-client httpx || exit 1; done
+	du -sh .gpu-carry
 
 clean:
 	rm -rf artifacts results .pytest_cache

@@ -7,6 +7,7 @@ precision check on CPU (bf16), graphs compiled at warm-up and none after.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -216,3 +217,50 @@ def test_onnx_on_the_cuda_provider_agrees_with_cpu(minilm_artifacts):
     cosines = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cosines.min() > 0.999
 
+
+# --- the prepared GPU measurement script (benchmarks/gpu_serving.py), its CPU path --------------------------
+@pytest.mark.skipif("_cuda_available()", reason="this machine has CUDA: the script would measure for real")
+def test_gpu_serving_script_without_cuda_says_so(tmp_path):
+    from benchmarks import gpu_serving
+
+    assert gpu_serving.main(["--out", str(tmp_path), "--artifacts", str(tmp_path)]) == 2
+    assert "CUDA is not available" in (tmp_path / "results.md").read_text()
+
+
+def test_gpu_serving_script_cpu_path(minilm_artifacts, minilm_dir, tmp_path, monkeypatch):
+    """Every section but the build, on CPU, with MiniLM and tiny cells: the script the GPU session runs as is."""
+    from benchmarks import gpu_serving
+
+    monkeypatch.setenv("TORCH_API_COMPILE", "false")  # compiling on 2 cores is covered above
+    out = tmp_path / "out"
+    code = gpu_serving.main(["--device", "cpu", "--out", str(out), "--artifacts", str(minilm_artifacts),
+                             "--model-dir", str(minilm_dir), "--sections", "build,torch_api,onnx_api,host_cpu",
+                             "--clients", "1,2", "--texts", "1,3", "--duration-s", "1", "--cell-warmup-s", "0.2",
+                             "--threads", "1", "--host-cpu-threads", "2", "--host-cpu-budget-s", "0.3"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    sections = results["sections"]
+    assert "skipped" in sections["build"]
+    for name in ("torch_api", "onnx_api"):
+        assert "error" not in sections[name], sections[name]
+        cells = sections[name]["cells"]
+        assert [(c["clients"], c["texts"]) for c in cells] == [(1, 1), (2, 1), (1, 3), (2, 3)]
+        assert all(c["goodput_texts_per_s"] > 0 and not c["failures"] and c["p95_ms"] for c in cells), cells
+    torch_info = sections["torch_api"]["info"]
+    assert torch_info["device"] == "cpu" and torch_info["seq_buckets"] == [16, 32, 64, 128, 256]
+    rows = sections["host_cpu"]["threads"]["2"]
+    variants = {r["variant"] for r in rows}
+    assert {"torch_int8_smooth", "onnx_int8_smooth"} <= variants, variants
+    assert all(r["x_vs_fp32"] for r in rows), rows
+    report = (out / "results.md").read_text()
+    assert "## torch_api" in report and "## onnx_api" in report and "x vs fp32" in report
+
+
+def test_random_model_folder_loads(minilm_dir, tmp_path):
+    from transformers import AutoModel
+
+    from benchmarks.gpu_serving import random_model
+
+    folder = random_model(minilm_dir, tmp_path / "model", tiny=True)
+    assert (folder / "tokenizer.json").is_file()
+    assert AutoModel.from_pretrained(str(folder)).config.num_hidden_layers == 2

@@ -19,9 +19,9 @@ from importlib import metadata
 from pathlib import Path
 
 from runtime.manifest import MANIFEST_FILE, ArtifactRecord, FileEntry, Manifest, Parity, TokenizerInfo
-from runtime.similarity import PARITY_MIN_COSINE, parity_report
+from runtime.similarity import PARITY_MIN_COSINE, fidelity_report, service_batches
 
-from .corpus import calibration_sentences, parity_sentences
+from .corpus import calibration_sentences, parity_texts, retrieval_texts
 from .model_loading import DEFAULT_MODEL, ModelUnavailableError, read_pooling_spec, resolve_model_dir
 from .recipe import DEFAULT_RECIPE, Recipe
 
@@ -69,14 +69,20 @@ def check_destination(out: Path, model_dir: Path, force: bool) -> None:
         raise BuildError(f"'{out}' exists and is not a folder.")
 
 
-def embed_in_batches(run, tokenizer, texts: list[str], batch_size: int = DEFAULT_RECIPE.parity_batch):
+def embed_in_service_batches(run, tokenizer, texts: list[str], recipe: Recipe = DEFAULT_RECIPE):
+    """Embeddings in text order, computed in the groups a service forms (runtime.similarity.service_batches):
+    mixed lengths and batch mates, as dynamic int8 meets them when served."""
     import numpy as np
 
-    rows = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer.encode(texts[start : start + batch_size])
-        rows.append(run(batch.input_ids, batch.attention_mask))
-    return np.concatenate(rows, axis=0)
+    groups = service_batches(tokenizer.count_tokens(texts), recipe.service_batch, recipe.service_window)
+    out = None
+    for group in groups:
+        batch = tokenizer.encode([texts[i] for i in group])
+        vectors = run(batch.input_ids, batch.attention_mask)
+        if out is None:
+            out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+        out[group] = vectors
+    return out
 
 
 def build(model: str, out: Path, force: bool = False, threads: int | None = None, opset: int = 17,
@@ -114,14 +120,15 @@ class BuildState:
     staging: Path
     threads: int | None
     recipe: Recipe
-    texts: list[str] = field(default_factory=parity_sentences)
+    texts: list[str] = field(default_factory=parity_texts)  # the parity corpus: rows [:len(texts)] of ...
+    retrieval: list[str] = field(default_factory=retrieval_texts)  # ... the retrieval corpus
     artifacts: dict[str, ArtifactRecord] = field(default_factory=dict)
     fusion: dict = field(default_factory=dict)
     hf_tokenizer: object = None
     tokenizer: object = None  # runtime.tokenization.TextTokenizer
     pooling: object = None  # runtime.pooling.PoolingSpec
     encoder: object = None  # fp32 SentenceEncoder
-    reference: object = None  # fp32 embeddings of the parity texts
+    reference: object = None  # fp32 embeddings of the retrieval texts (parity texts first)
     dimension: int = 0
 
     @property
@@ -134,8 +141,9 @@ class BuildState:
         return ((b.input_ids, b.attention_mask) for b in map(self.tokenizer.encode, batches))
 
     def parity(self, run) -> Parity:
-        embeddings = embed_in_batches(run, self.tokenizer, self.texts, self.recipe.parity_batch)
-        return Parity.from_dict(parity_report(embeddings, self.reference))
+        embeddings = embed_in_service_batches(run, self.tokenizer, self.retrieval, self.recipe)
+        return Parity.from_dict(fidelity_report(embeddings, self.reference, len(self.texts),
+                                                min_top10=self.recipe.min_top10_agreement))
 
     def record_torch(self, variant: str, rel_path: str, precision: str, notes: str, **extra) -> str:
         """Reload what was saved through the runtime's loader (proves it loads), embed the parity texts, record it."""
@@ -170,8 +178,9 @@ def load_reference(state: BuildState) -> str:
     hf_tokenizer.save_pretrained(str(state.staging / "tokenizer"))
     state.hf_tokenizer = hf_tokenizer
     state.tokenizer = TextTokenizer(state.staging / "tokenizer" / "tokenizer.json", pooling.max_seq_length)
-    state.reference = embed_in_batches(lambda i, m: torch_encoder.embed(state.encoder, i, m), state.tokenizer,
-                                       state.texts, state.recipe.parity_batch)
+    assert state.retrieval[: len(state.texts)] == state.texts, "the retrieval corpus starts with the parity texts"
+    state.reference = embed_in_service_batches(lambda i, m: torch_encoder.embed(state.encoder, i, m),
+                                               state.tokenizer, state.retrieval, state.recipe)
     state.dimension = int(state.reference.shape[1])
     return (f"{pooling.mode} pooling, normalize={pooling.normalize}, dim={state.dimension}, "
             f"max {pooling.max_seq_length} tokens")
@@ -280,19 +289,44 @@ def onnx_int8(state: BuildState) -> str:
 
 
 def onnx_int8_smooth(state: BuildState) -> str:
-    from .int8_smooth import build_smooth_int8
+    from runtime.onnx_runner import OnnxSentenceRunner
+
+    from .int8_smooth import build_smooth_int8, collect_activation_max
 
     # The int8 recipe starts from the fused graph only where fusion kept the numbers (a pattern that
     # matched but meant something else, e.g. a causal mask, would show here).
     fused = state.artifacts.get("onnx_fused")
     fused_ok = fused is not None and fused.parity.min_cosine >= state.recipe.fusion_min_cosine
     source = state.onnx_dir / ("model.fused.onnx" if fused_ok else "model.onnx")
+    out = state.onnx_dir / "model.int8_smooth.onnx"
     r = state.recipe
-    recipe = build_smooth_int8(source, state.onnx_dir / "model.int8_smooth.onnx", state.calibration_batches(),
-                               threads=state.threads, alpha=r.onnx_smooth_alpha,
-                               split_patterns=r.onnx_ffn_output_patterns, outlier_channels=r.onnx_outlier_channels)
+    maxima = collect_activation_max(source, state.calibration_batches(), state.threads)
+    candidates = tuple(r.onnx_outlier_channel_candidates) or (r.onnx_outlier_channels,)
+    tried = {}
+    if len(candidates) > 1:
+        # Outlier-channel count chosen by the gate's measure on the calibration texts (never the parity or
+        # retrieval texts): the most top-10 agreement with the fp32 source graph, the fewest channels on a tie.
+        calibration = list(calibration_sentences())
+        reference = embed_in_service_batches(OnnxSentenceRunner(source, threads=state.threads).run, state.tokenizer,
+                                             calibration, r)
+        for count in candidates:
+            build_smooth_int8(source, out, None, threads=state.threads, alpha=r.onnx_smooth_alpha,
+                              split_patterns=r.onnx_ffn_output_patterns, outlier_channels=count,
+                              activation_max=maxima)
+            vectors = embed_in_service_batches(OnnxSentenceRunner(out, threads=state.threads).run, state.tokenizer,
+                                               calibration, r)
+            report = fidelity_report(vectors, reference, len(calibration), min_top10=r.min_top10_agreement)
+            tried[count] = {k: report[k] for k in ("min_cosine", "top10_agreement", "spearman")}
+    chosen = max(candidates, key=lambda c: (tried[c]["top10_agreement"], tried[c]["min_cosine"], -c)) \
+        if tried else candidates[0]
+    recipe = build_smooth_int8(source, out, None, threads=state.threads, alpha=r.onnx_smooth_alpha,
+                               split_patterns=r.onnx_ffn_output_patterns, outlier_channels=chosen,
+                               activation_max=maxima)
     recipe["source_graph"] = source.name
     recipe["fused_attention_blocks"] = state.fusion["fused_attention_blocks"] if fused_ok else 0
+    recipe["calibration_texts"] = len(calibration_sentences())
+    if tried:
+        recipe["outlier_channels_tried_on_calibration_texts"] = {str(k): v for k, v in tried.items()}
     return state.record_onnx(
         "onnx_int8_smooth", "onnx/model.int8_smooth.onnx", "int8-dynamic-smoothquant",
         f"Every linear layer int8 ({recipe['weights']}; {recipe['activations']}): SmoothQuant alpha "
@@ -321,8 +355,15 @@ def manifest_of(state: BuildState) -> Manifest:
         "parity": {
             "reference": "fp32 PyTorch eager (the source weights), pooled and normalized",
             "texts": len(state.texts),
+            "retrieval_texts": len(state.retrieval),
             "calibration_texts": len(calibration_sentences()),
+            "corpus": "build_artifacts/data/fidelity (parity.jsonl; retrieval = parity + retrieval.jsonl)",
+            "batching": f"service-like: random arrival order, windows of {state.recipe.service_window} sorted by "
+                        f"length, groups of up to {state.recipe.service_batch}",
+            "gate": "passes_parity = min cosine on the parity texts >= min_cosine_threshold and mean top-10 "
+                    "agreement on the retrieval texts >= min_top10_agreement",
             "min_cosine_threshold": PARITY_MIN_COSINE,
+            "min_top10_agreement": state.recipe.min_top10_agreement,
         },
         "artifacts": {name: record.to_dict() for name, record in state.artifacts.items()},
     })
@@ -375,6 +416,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch and ONNX Runtime (default: all)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    parser.add_argument("--min-top10-agreement", type=float, default=DEFAULT_RECIPE.min_top10_agreement,
+                        help="the gate's retrieval half: mean share of each text's fp32 top-10 neighbours a variant "
+                             "keeps in its top 10 (default: %(default)s); recorded in the manifest")
     args = parser.parse_args(argv)
     if args.opset < 17:
         parser.error("--opset must be >= 17")
@@ -395,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                   "pass --force to rebuild", file=sys.stderr)
             return 2
     try:
-        manifest = build(args.model, args.out, force=args.force, threads=args.threads, opset=args.opset)
+        manifest = build(args.model, args.out, force=args.force, threads=args.threads, opset=args.opset,
+                         recipe=replace(DEFAULT_RECIPE, min_top10_agreement=args.min_top10_agreement))
     except (ModelUnavailableError, BuildError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -403,9 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: nothing was written", file=sys.stderr)
         return 130
     print(f"\nArtifacts in {args.out}:")
-    print(f"{'variant':<16} {'MB':>8} {'min cos':>9} {'mean cos':>9}  parity")
+    print(f"{'variant':<18} {'MB':>8} {'min cos':>9} {'mean cos':>9} {'top-10':>7} {'worst1%':>7} "
+          f"{'Spearman':>8}  gate")
     for name, record in manifest.artifacts.items():
         p = record.parity
-        print(f"{name:<16} {record.bytes / 1e6:8.1f} {p.min_cosine:9.4f} {p.mean_cosine:9.4f}  "
+        print(f"{name:<18} {record.bytes / 1e6:8.1f} {p.min_cosine:9.4f} {p.mean_cosine:9.4f} "
+              f"{p.top10_agreement:7.3f} {p.top10_agreement_worst1pct:7.2f} {p.spearman:8.4f}  "
               f"{'pass' if p.passes_parity else 'FAIL'}")
     return 0

@@ -146,12 +146,15 @@ OUTLIER_CHANNELS = DEFAULT_RECIPE.onnx_outlier_channels
 
 def build_smooth_int8(model_path: Path, out_path: Path, calibration_batches, threads: int | None = None,
                       alpha: float = SMOOTH_ALPHA, split_patterns: tuple[str, ...] = FFN_OUTPUT_PATTERNS,
-                      outlier_channels: int = OUTLIER_CHANNELS) -> dict:
-    """SmoothQuant + outlier split + dynamic int8 (U8S8, 7-bit per-channel weights); returns what was done."""
+                      outlier_channels: int = OUTLIER_CHANNELS,
+                      activation_max: dict[str, np.ndarray] | None = None) -> dict:
+    """SmoothQuant + outlier split + dynamic int8 (U8S8, 7-bit per-channel weights); returns what was done.
+    `activation_max` (from collect_activation_max) spares the calibration pass when several recipes are tried."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    activation_max = collect_activation_max(model_path, calibration_batches, threads)
+    if activation_max is None:
+        activation_max = collect_activation_max(model_path, calibration_batches, threads)
     model = onnx.load(str(model_path))
     linear_layers = len(weight_matmuls(model))
     side_matmuls = split_outlier_channels(model, activation_max, split_patterns, outlier_channels)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from .pooling import PoolingSpec
@@ -70,22 +70,47 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class Parity:
+    """Fidelity against fp32 and the gate's verdict. `passes_parity` means "passes the whole gate": min
+    cosine on the parity corpus >= threshold and, in builds that measure it, mean top-10 agreement on the
+    retrieval corpus >= min_top10_agreement. Older manifests have only the cosine fields (None below)."""
+
     min_cosine: float
     mean_cosine: float
     texts: int
     threshold: float
     passes_parity: bool
+    top10_agreement: float | None = None
+    top10_agreement_worst1pct: float | None = None
+    spearman: float | None = None
+    retrieval_texts: int | None = None
+    spearman_pairs: int | None = None
+    retrieval_min_cosine: float | None = None
+    min_top10_agreement: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> Parity:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data or f.default is MISSING})
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     def describe(self) -> str:
         verdict = "passes" if self.passes_parity else "FAILS"
-        return f"min cos {self.min_cosine:.4f}, mean {self.mean_cosine:.4f}: {verdict} parity"
+        text = f"min cos {self.min_cosine:.4f}, mean {self.mean_cosine:.4f}"
+        if self.top10_agreement is not None:
+            text += (f", top-10 agreement {self.top10_agreement:.3f} (worst 1% {self.top10_agreement_worst1pct:.2f}),"
+                     f" Spearman {self.spearman:.4f}")
+        return f"{text}: {verdict} the gate"
+
+    def why_failing(self) -> str:
+        """The gate's failed conditions, in words ("" when it passes)."""
+        reasons = []
+        if self.min_cosine < self.threshold:
+            reasons.append(f"min cosine {self.min_cosine:.4f} < {self.threshold}")
+        if self.top10_agreement is not None and self.min_top10_agreement is not None \
+                and self.top10_agreement < self.min_top10_agreement:
+            reasons.append(f"top-10 agreement {self.top10_agreement:.3f} < {self.min_top10_agreement}")
+        return "; ".join(reasons) if not self.passes_parity else ""
 
 
 @dataclass(frozen=True)
@@ -258,8 +283,8 @@ class Manifest:
                 raise ArtifactError(f"Variant '{requested}' is not in the manifest.")
             parity = self.artifacts[requested].parity
             if not parity.passes_parity:
-                raise ArtifactError(f"Variant '{requested}' fails parity (min cosine {parity.min_cosine:.4f} < "
-                                    f"{parity.threshold}): refusing to serve it.")
+                raise ArtifactError(f"Variant '{requested}' fails parity ({parity.why_failing() or 'marked failing'}):"
+                                    " refusing to serve it.")
             return requested
         for name in candidates:
             if name in self.artifacts and self.artifacts[name].parity.passes_parity:

@@ -38,7 +38,7 @@ def test_manifest_describes_every_artifact_with_hash_versions_and_parity(minilm_
             assert len(entry.sha256) == 64
         manifest.verify(minilm_artifacts, name)
         parity = record.parity
-        assert parity.passes_parity == (parity.min_cosine >= 0.99)
+        assert parity.passes_parity == (parity.min_cosine >= 0.99 and parity.top10_agreement >= 0.95)
         assert -1.0 <= parity.min_cosine <= parity.mean_cosine <= 1.0 + 1e-6
 
 

@@ -22,6 +22,15 @@ def _input_order(results: dict) -> list[str]:
     return [i["name"] for i in results["header"]["inputs"]]
 
 
+def gate_cell(parity: dict | None) -> str:
+    """'0.9931 / 0.962 (0.80) pass': the manifest's gate figures for one artifact ('-' for other rows)."""
+    if not parity:
+        return "-"
+    top10 = parity.get("top10_agreement")
+    retrieval = f" / {top10:.3f} ({parity['top10_agreement_worst1pct']:.2f})" if top10 is not None else ""
+    return f"{parity['min_cosine']:.4f}{retrieval} {'pass' if parity['passes_parity'] else 'FAIL'}"
+
+
 def write_markdown(results: dict, path: Path) -> None:
     h = results["header"]
     lines = [
@@ -40,6 +49,8 @@ def write_markdown(results: dict, path: Path) -> None:
                                  for i in h["inputs"]),
         f"- speedup: median of the baseline / median of the variant; baseline = {h['baseline']}",
         f"- fidelity: {h['fidelity']}",
+        "- gate (from the manifest; artifact rows only): min cosine against fp32 on the parity corpus / mean "
+        "top-10 agreement with fp32 over the retrieval corpus (worst 1% of texts), pass or FAIL",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items() if v),
         "",
     ]
@@ -52,13 +63,14 @@ def write_markdown(results: dict, path: Path) -> None:
         measured = [r for r in records if not r["skipped"]]
         if measured:
             lines += ["| variant | device | input | batch x seq | median ms | mean ms | p95 ms | speedup | min cos "
-                      "| runs |",
-                      "|---|---|---|---|---|---|---|---|---|---|"]
+                      "| gate: min cos / top-10 agreement | runs |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in measured:
                 lines.append(
                     f"| {r['variant']} | {r['device']} | {r['input']} | {r['batch_size']} x {r['seq_len']} | "
                     f"{_fmt(r['median_ms'])} | {_fmt(r['mean_ms'])} | {_fmt(r['p95_ms'])} | "
-                    f"{_fmt(r['speedup'], '{:.2f}x')} | {_fmt(r['min_cosine'], '{:.4f}')} | {r['runs']} |"
+                    f"{_fmt(r['speedup'], '{:.2f}x')} | {_fmt(r['min_cosine'], '{:.4f}')} | "
+                    f"{gate_cell(h.get('gate', {}).get(r['variant']))} | {r['runs']} |"
                 )
             lines.append("")
         if skipped:

@@ -132,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
                     "real_tokens": int(c.attention_mask.sum())} for c in cases],
         "fidelity": "min cosine of pooled, normalized embeddings against fp32 eager (eval + inference_mode) on CPU",
         "baseline": f"'{BASELINE_VARIANT}' of the same input size: model in train() mode with autograd on",
+        # the build's gate per artifact (parity corpus cosine, retrieval agreement): the fidelity that decides
+        # what the services serve, next to the min cosine on this run's few inputs
+        "gate": {name: record.parity.to_dict() for name, record in manifest.artifacts.items()},
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     results = {"header": header, "records": recorder.records, "extras": ctx.extras}

@@ -152,3 +152,22 @@ def test_measure_on_minilm_passes_fp32_and_fails_a_perturbed_variant(minilm_arti
     noisy = reference + rng.normal(scale=0.1 / np.sqrt(reference.shape[1]), size=reference.shape)  # cos ~0.995
     report = fidelity_report(noisy, reference, len(parity_texts()))
     assert report["min_cosine"] >= 0.99 and report["top10_agreement"] < 0.95 and not report["passes_parity"]
+
+
+@pytest.mark.slow
+def test_outlier_channel_count_is_chosen_on_calibration_texts(tiny_mpnet_dir, tmp_path):
+    """Plumbing (random weights): every candidate is measured on the calibration texts and one is kept."""
+    from dataclasses import replace
+
+    from build_artifacts.build import build
+    from build_artifacts.recipe import DEFAULT_RECIPE
+
+    manifest = build(str(tiny_mpnet_dir), tmp_path / "out", threads=2,
+                     recipe=replace(DEFAULT_RECIPE, onnx_outlier_channel_candidates=(4, 16)))
+    recipe = manifest.artifacts["onnx_int8_smooth"].recipe
+    tried = recipe["outlier_channels_tried_on_calibration_texts"]
+    assert set(tried) == {"4", "16"} and recipe["outlier_channels"] in (4, 16)
+    assert recipe["calibration_texts"] == len(calibration_sentences())
+    best = max(tried.values(), key=lambda t: t["top10_agreement"])["top10_agreement"]
+    assert tried[str(recipe["outlier_channels"])]["top10_agreement"] == best
+    assert manifest.build["recipe"]["onnx_outlier_channel_candidates"] == [4, 16]

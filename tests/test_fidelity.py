@@ -149,7 +149,10 @@ def test_measure_on_minilm_passes_fp32_and_fails_a_perturbed_variant(minilm_arti
     texts = retrieval_texts()
     reference = embed_in_service_batches(runner.run, tokenizer, texts)
     rng = np.random.default_rng(0)
-    noisy = reference + rng.normal(scale=0.1 / np.sqrt(reference.shape[1]), size=reference.shape)  # cos ~0.995
+    # Noise of 0.12 x each vector's own norm (pooled vectors are not unit length): every cosine ~0.993, min 0.992,
+    # yet about 6% of top-10 neighbours change (measured: 0.939).
+    norms = np.linalg.norm(reference, axis=1, keepdims=True)
+    noisy = reference + norms * rng.normal(scale=0.12 / np.sqrt(reference.shape[1]), size=reference.shape)
     report = fidelity_report(noisy, reference, len(parity_texts()))
     assert report["min_cosine"] >= 0.99 and report["top10_agreement"] < 0.95 and not report["passes_parity"]
 

@@ -130,6 +130,8 @@ def test_info_and_metrics(client):
     assert info["variant"] == passing[0]
     assert info["parity"]["passes_parity"]
     assert info["batching"]["max_client_batch_size"] == 8 and "versions" not in info  # only with show_versions
+    # One request first, so the per-route histograms have samples even when this test runs alone.
+    assert client.post("/embed", json={"inputs": "one request"}).status_code == 200
     text = client.get("/metrics").text
     for name in (
         "embed_requests_total",

@@ -27,7 +27,7 @@ def post_embed(url: str, texts: list[str]):
 
 def reference_embeddings(model_dir: Path, texts: list[str]):
     """fp32 PyTorch eager on the host, pooled and normalized: what both services must match."""
-    from build_artifacts.build import embed_in_batches
+    from build_artifacts.build import embed_in_service_batches
     from build_artifacts.model_loading import read_pooling_spec
     from runtime import torch_encoder
     from runtime.pooling import l2_normalize
@@ -37,7 +37,7 @@ def reference_embeddings(model_dir: Path, texts: list[str]):
     pooling = read_pooling_spec(model_dir)
     encoder = torch_encoder.load_fp32(model_dir, pooling)
     tokenizer = TextTokenizer(model_dir / "tokenizer.json", pooling.max_seq_length)
-    return l2_normalize(embed_in_batches(lambda i, m: torch_encoder.embed(encoder, i, m), tokenizer, texts))
+    return l2_normalize(embed_in_service_batches(lambda i, m: torch_encoder.embed(encoder, i, m), tokenizer, texts))
 
 
 def main() -> int:

@@ -113,3 +113,54 @@ def test_runtime_light_modules_need_neither_torch_nor_onnxruntime():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not {name.split(".")[0] for name in json.loads(result.stdout)} & {"torch", "transformers", "onnxruntime"}
+
+
+PROJECT_ROOTS = ("runtime", "build_artifacts", "services", "benchmarks", "bulk_embed", "loadtest", "deploy", "scripts",
+                 "tests")
+
+
+def _module_file(module: str) -> Path | None:
+    base = REPO.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _defined_names(path: Path) -> set[str] | None:
+    """Names a module binds at top level (None when it cannot be known statically: star import, __getattr__)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(alias.name == "*" for alias in node.names):
+                return None
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return None if "__getattr__" in names else names
+
+
+def test_every_name_imported_from_the_project_exists():
+    """Lazy imports inside functions (scripts, the docker check) fail only when that path runs: catch them here."""
+    missing = []
+    files = [p for root in PROJECT_ROOTS for p in sorted((REPO / root).rglob("*.py"))]
+    assert len(files) > 50
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+                continue
+            if node.module.split(".")[0] not in PROJECT_ROOTS:
+                continue
+            source = _module_file(node.module)
+            if source is None:
+                missing.append(f"{path.relative_to(REPO)}:{node.lineno}: no module {node.module}")
+                continue
+            defined = _defined_names(source)
+            if defined is None:
+                continue
+            for alias in node.names:
+                if alias.name not in defined and _module_file(f"{node.module}.{alias.name}") is None:
+                    missing.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.module} has no {alias.name}")
+    assert not missing, "\n".join(missing)

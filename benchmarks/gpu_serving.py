@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -212,50 +211,28 @@ class Run:
 
     # --- one service over HTTP ------------------------------------------------------------------------
     def serve(self, module: str, env: dict) -> dict:
-        from loadtest.processes import free_port, is_healthy
+        from loadtest.processes import running_service
 
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", module, "--artifacts", str(self.artifacts), "--host", "127.0.0.1",
-                   "--port", str(port), "--log-level", "warning"]
-        if self.args.threads:
-            command += ["--threads", str(self.args.threads)]
         log_path = self.args.out / f"{module.split('.')[-1]}.log"
         t0 = time.perf_counter()
-        with log_path.open("w") as log:
-            process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=log,
-                                       stderr=subprocess.STDOUT)
-            try:
-                while not is_healthy(base):
-                    if process.poll() is not None:
-                        raise RuntimeError(f"{module} exited with {process.returncode}: "
-                                           f"{log_path.read_text()[-1500:]}")
-                    if time.perf_counter() - t0 > self.args.start_timeout_s:
-                        raise TimeoutError(f"{module} not healthy after {self.args.start_timeout_s} s")
-                    time.sleep(0.5)
-                result = {"seconds_to_healthy": round(time.perf_counter() - t0, 1), "env": env,
-                          "info": http_json(f"{base}/info"), "gpu_memory": gpu_memory(), "cells": []}
-                dimension = result["info"]["dimension"]
-                for texts in [int(t) for t in self.args.texts.split(",")]:
-                    for clients in [int(c) for c in self.args.clients.split(",")]:
-                        if self.left() <= 0:
-                            result["cells"].append({"clients": clients, "texts": texts, "skipped": "time budget"})
-                            continue
-                        cell = asyncio.run(load_cell(base, clients, texts, self.args.duration_s,
-                                                     self.args.cell_warmup_s, dimension))
-                        print(f"  {module} {clients} clients x {texts} texts: {cell}", flush=True)
-                        result["cells"].append(cell)
-                        self.write()
-                result["info_after"] = {k: v for k, v in http_json(f"{base}/info").items()
-                                        if k in ("graphs_compiled", "warmup_s")}
-                return result
-            finally:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        with log_path.open("w") as log, running_service(module, self.artifacts, threads=self.args.threads or None,
+                                                        env=env, timeout_s=self.args.start_timeout_s,
+                                                        log_file=log) as base:
+            result = {"seconds_to_healthy": round(time.perf_counter() - t0, 1), "env": env,
+                      "info": http_json(f"{base}/info"), "gpu_memory": gpu_memory(), "cells": []}
+            dimension = result["info"]["dimension"]
+            for texts in [int(t) for t in self.args.texts.split(",")]:
+                for clients in [int(c) for c in self.args.clients.split(",")]:
+                    if self.left() <= 0:
+                        result["cells"].append({"clients": clients, "texts": texts, "skipped": "time budget"})
+                        continue
+                    cell = load_cell(base, clients, texts, self.args.duration_s, self.args.cell_warmup_s, dimension)
+                    print(f"  {module} {clients} clients x {texts} texts: {cell}", flush=True)
+                    result["cells"].append(cell)
+                    self.write()
+            result["info_after"] = {k: v for k, v in http_json(f"{base}/info").items()
+                                    if k in ("graphs_compiled", "warmup_s")}
+            return result
 
 
 def random_model(tokenizer_dir: Path, folder: Path, tiny: bool) -> Path:
@@ -292,56 +269,20 @@ def gpu_memory() -> str | None:
     return result.stdout.strip() or None
 
 
-async def load_cell(base: str, clients: int, texts: int, duration: float, warmup: float, dimension: int) -> dict:
-    """Closed loop: `clients` workers, each sending `texts` texts per request back to back (429: wait Retry-After)."""
-    import random
-
-    import httpx
-
+def load_cell(base: str, clients: int, texts: int, duration: float, warmup: float, dimension: int) -> dict:
+    """Closed loop: `clients` workers, each sending `texts` texts per request back to back (429: wait Retry-After).
+    server_ms_median is the model's time per call (x-inference-time)."""
     from build_artifacts.corpus import calibration_sentences, english_sentences
-    from loadtest.validation import validate_embeddings
+    from loadtest.closed_loop import closed_loop, summarize
 
     corpus = list(english_sentences()) + list(calibration_sentences())
-    records: list = []
-    t0 = time.perf_counter()
-    window = (t0 + warmup, t0 + warmup + duration)
 
-    async def worker(index: int, client) -> None:
-        rng = random.Random(index)
-        while time.perf_counter() < window[1]:
-            body = {"inputs": [rng.choice(corpus) for _ in range(texts)]}
-            started = time.perf_counter()
-            try:
-                response = await client.post("/embed", json=body)
-                status = response.status_code
-            except Exception as exc:  # noqa: BLE001 - a transport failure is an outcome too
-                response, status = None, type(exc).__name__
-            ended = time.perf_counter()
-            model_ms = None
-            if status == 200:
-                reason = validate_embeddings(response.json(), texts, dimension)
-                status = 200 if reason is None else f"invalid: {reason}"
-                model_ms = float(response.headers.get("x-inference-time", "nan"))
-            records.append((started, ended, status, model_ms))
-            if status == 429:
-                await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+    def draw(rng) -> list[str]:
+        return [rng.choice(corpus) for _ in range(texts)]
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
-        await asyncio.gather(*(worker(i, client) for i in range(clients)))
-    inside = [r for r in records if window[0] <= r[1] <= window[1]]
-    ok = [r for r in inside if r[2] == 200]
-    latencies = sorted((r[1] - r[0]) * 1000 for r in ok)
-    model = [r[3] for r in ok if r[3] == r[3]]
-
-    def pct(values, q):
-        return round(values[min(len(values) - 1, int(q * len(values)))], 2) if values else None
-
-    return {"clients": clients, "texts": texts, "requests": len(inside),
-            "goodput_texts_per_s": round(len(ok) * texts / duration, 1), "p50_ms": pct(latencies, 0.5),
-            "p95_ms": pct(latencies, 0.95), "model_ms_median": round(statistics.median(model), 2) if model else None,
-            "share_429": round(sum(r[2] == 429 for r in inside) / max(len(inside), 1), 4),
-            "failures": sorted({str(r[2]) for r in inside if r[2] not in (200, 429)})[:5]}
+    answers = asyncio.run(closed_loop(base, clients, duration, warmup, draw, dimension,
+                                      server_time_header="x-inference-time"))
+    return {**summarize(answers, clients, duration), "texts": texts}
 
 
 def int8_rows(results: dict) -> list[dict]:
@@ -399,7 +340,7 @@ def render_markdown(results: dict) -> str:
                 lines.append(f"| {c['clients']} | {c['texts']} | skipped: {c['skipped']} | | | | |")
                 continue
             lines.append(f"| {c['clients']} | {c['texts']} | {c['goodput_texts_per_s']} | {c['p50_ms']} | "
-                         f"{c['p95_ms']} | {c['model_ms_median']} | {c['share_429']} |")
+                         f"{c['p95_ms']} | {c['server_ms_median']} | {c['share_429']} |")
         lines.append("")
     host = sections.get("host_cpu")
     if isinstance(host, dict) and "threads" in host:

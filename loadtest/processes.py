@@ -8,9 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from services.common.probe import is_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,21 +21,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def is_healthy(base_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @contextlib.contextmanager
-def running_service(module: str, artifacts, port: int | None = None, threads: int = 1, env: dict | None = None,
-                    args: tuple[str, ...] = (), timeout_s: float = 600, log_file=None):
-    """Yield the base URL of `python -m <module>` once it is warmed up; stop it (by pid) on exit."""
+def running_service(module: str, artifacts, port: int | None = None, threads: int | None = 1,
+                    env: dict | None = None, args: tuple[str, ...] = (), timeout_s: float = 600, log_file=None):
+    """Yield the base URL of `python -m <module>` once it is warmed up; stop it (by pid) on exit.
+    threads None: the service's own default. log_file: an open file for its output (else a pipe)."""
     port = port or free_port()
     command = [sys.executable, "-m", module, "--artifacts", str(artifacts), "--host", "127.0.0.1",
-               "--port", str(port), "--threads", str(threads), "--log-level", "warning", *args]
+               "--port", str(port), "--log-level", "warning", *args]
+    if threads is not None:
+        command += ["--threads", str(threads)]
     output = log_file if log_file is not None else subprocess.PIPE
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=output,
                                stderr=subprocess.STDOUT, text=True)
@@ -44,7 +39,8 @@ def running_service(module: str, artifacts, port: int | None = None, threads: in
         deadline = time.monotonic() + timeout_s
         while not is_healthy(base):
             if process.poll() is not None:
-                tail = process.stdout.read()[-3000:] if process.stdout else "(see log)"
+                tail = process.stdout.read() if process.stdout else Path(log_file.name).read_text()
+                tail = tail[-3000:]
                 raise RuntimeError(f"{module} exited with {process.returncode}: {tail}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{module} not ready after {timeout_s} s")
@@ -53,7 +49,7 @@ def running_service(module: str, artifacts, port: int | None = None, threads: in
     finally:
         process.terminate()
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

@@ -24,19 +24,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from services.common.probe import metric_value
+
 from .processes import REPO, running_service
 
 REJECTED_NAME = "/embed 429 (backed off)"  # the name locustfile.py gives 429 answers
 
 SERVICES = {"torch_api": ("TorchApiUser", "services.torch_api"), "onnx_api": ("OnnxApiUser", "services.onnx_api")}
-
-
-def metric_value(base_url: str, name: str) -> float:
-    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-    return 0.0
 
 
 def run_locust(

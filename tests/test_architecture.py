@@ -94,26 +94,26 @@ def test_no_module_imports_one_that_imports_it_back():
     assert not cycles, "\n".join(cycles)
 
 
-def test_onnx_service_import_closure_holds_no_torch_and_no_build_pipeline():
-    code = ("import json, sys\n"
-            "import services.onnx_api, services.onnx_api.embedder, services.common.app, services.common.serve\n"
-            "import runtime.manifest, runtime.onnx_runner, runtime.tokenization\n"
-            "print(json.dumps(sorted(sys.modules)))\n")
+def _top_level_packages_loaded_by(imports: str) -> set[str]:
+    """The top-level packages in sys.modules after a fresh interpreter runs `import <imports>`."""
+    code = f"import json, sys\nimport {imports}\nprint(json.dumps(sorted(sys.modules)))\n"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    loaded = {name.split(".")[0] for name in json.loads(result.stdout)}
+    return {name.split(".")[0] for name in json.loads(result.stdout)}
+
+
+def test_onnx_service_import_closure_holds_no_torch_and_no_build_pipeline():
+    loaded = _top_level_packages_loaded_by(
+        "services.onnx_api, services.onnx_api.embedder, services.common.app, services.common.serve, "
+        "runtime.manifest, runtime.onnx_runner, runtime.tokenization")
     assert not loaded & {"torch", "transformers", "build_artifacts", "benchmarks", "sentence_transformers"}
 
 
 def test_runtime_light_modules_need_neither_torch_nor_onnxruntime():
-    code = ("import json, sys\n"
-            "import runtime, runtime.manifest, runtime.pooling, runtime.similarity, runtime.tokenization, "
-            "runtime.torch_encoder, runtime.smoothquant, runtime.onnx_runner\n"
-            "print(json.dumps(sorted(sys.modules)))\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert not {name.split(".")[0] for name in json.loads(result.stdout)} & {"torch", "transformers", "onnxruntime"}
-
+    loaded = _top_level_packages_loaded_by(
+        "runtime, runtime.manifest, runtime.pooling, runtime.similarity, runtime.tokenization, "
+        "runtime.torch_encoder, runtime.smoothquant, runtime.onnx_runner")
+    assert not loaded & {"torch", "transformers", "onnxruntime"}
 
 PROJECT_ROOTS = ("runtime", "build_artifacts", "services", "benchmarks", "bulk_embed", "loadtest", "deploy", "scripts",
                  "tests")

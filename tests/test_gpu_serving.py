@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from services.common.settings import SettingsError
+from services.common.settings import GPU_MAX_BATCH_TOKENS, SettingsError
 from services.onnx_api.embedder import OnnxEmbedder, OnnxSettings
 from services.torch_api.buckets import (
     DEFAULT_SEQ_BUCKETS,
@@ -24,7 +24,7 @@ from services.torch_api.buckets import (
     parse_buckets,
     warmup_shapes,
 )
-from services.torch_api.embedder import GPU_MAX_BATCH_TOKENS, TorchEmbedder, TorchSettings
+from services.torch_api.embedder import TorchEmbedder, TorchSettings
 
 from .conftest import REPO
 
@@ -120,24 +120,25 @@ def test_torch_settings_refuse_contradictions(settings):
         OnnxSettings(device="cuda", variant="onnx_int8_smooth")
 
 
+def _refuses_cuda_with_one_line(embedder_cls, settings_cls, module: str, reason: str, folder) -> None:
+    """Refused in-process with SettingsError, and as a process: exit 2, one line on stderr."""
+    with pytest.raises(SettingsError, match=reason):
+        embedder_cls(settings_cls(device="cuda", artifacts_dir=folder))
+    result = subprocess.run([sys.executable, "-m", module, "--device", "cuda", "--artifacts", str(folder)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and reason in result.stderr, result.stderr
+
+
 @pytest.mark.skipif("_cuda_available()", reason="this machine has CUDA: the refusal cannot happen")
 def test_torch_cuda_without_a_gpu_exits_2_with_one_line(tmp_path):
-    with pytest.raises(SettingsError, match="no CUDA device"):
-        TorchEmbedder(TorchSettings(device="cuda", artifacts_dir=tmp_path))
-    result = subprocess.run([sys.executable, "-m", "services.torch_api", "--device", "cuda", "--artifacts",
-                             str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "no CUDA device" in result.stderr, result.stderr
+    _refuses_cuda_with_one_line(TorchEmbedder, TorchSettings, "services.torch_api", "no CUDA device", tmp_path)
 
 
 @pytest.mark.skipif("_onnx_cuda_provider()", reason="this onnxruntime has the CUDA provider")
 def test_onnx_cuda_without_the_provider_exits_2_with_one_line(tmp_path):
-    with pytest.raises(SettingsError, match="no CUDAExecutionProvider"):
-        OnnxEmbedder(OnnxSettings(device="cuda", artifacts_dir=tmp_path))
-    result = subprocess.run([sys.executable, "-m", "services.onnx_api", "--device", "cuda", "--artifacts",
-                             str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "CUDAExecutionProvider" in result.stderr, result.stderr
+    _refuses_cuda_with_one_line(OnnxEmbedder, OnnxSettings, "services.onnx_api", "no CUDAExecutionProvider",
+                                tmp_path)
 
 
 # --- real weights (MiniLM) on CPU ------------------------------------------------------------------------
@@ -245,7 +246,7 @@ def test_gpu_serving_script_cpu_path(minilm_artifacts, minilm_dir, tmp_path, mon
         assert "error" not in sections[name], sections[name]
         cells = sections[name]["cells"]
         assert [(c["clients"], c["texts"]) for c in cells] == [(1, 1), (2, 1), (1, 3), (2, 3)]
-        assert all(c["goodput_texts_per_s"] > 0 and not c["failures"] and c["p95_ms"] for c in cells), cells
+        assert all(c["goodput_texts_per_s"] > 0 and not c["other_failures"] and c["p95_ms"] for c in cells), cells
     torch_info = sections["torch_api"]["info"]
     assert torch_info["device"] == "cpu" and torch_info["seq_buckets"] == [16, 32, 64, 128, 256]
     rows = sections["host_cpu"]["threads"]["2"]

@@ -136,21 +136,11 @@ def test_serve_run_with_the_config_file(minilm_artifacts, tmp_path):
 @pytest.fixture(scope="module")
 def serve_cluster():
     """A local Ray cluster on 127.0.0.1 with 2 CPUs and Serve's proxy on a free port; torn down after."""
-    os.environ.update(LOOPBACK_ENV)  # read by Ray at import and inherited by its processes
-    import ray
-    from ray import serve
-    from ray._private import ray_constants
+    from deploy.ray.measure import ray_cluster
 
-    ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        wait_until(lambda: not ray_children(), 30, "Ray's processes to exit")
+    with ray_cluster(cpus=2) as base_url:
+        yield base_url
+    wait_until(lambda: not ray_children(), 30, "Ray's processes to exit")
 
 
 def deploy(artifacts, num_replicas: int, threads: int = 1, variant: str = "auto", **options):

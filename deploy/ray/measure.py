@@ -29,10 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
-import random
-import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,65 +58,17 @@ def corpus() -> list[str]:
     return [line.strip() for line in CORPUS_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-async def _client(worker: int, client, texts: list[str], max_texts: int, seed: int, stop_at: float,
-                  dimension: int, records: list) -> None:
-    from loadtest.validation import validate_embeddings
-
-    rng = random.Random(seed + worker)
-    while time.perf_counter() < stop_at:
-        count = rng.randint(1, max_texts)
-        body = {"inputs": [rng.choice(texts) for _ in range(count)]}
-        started = time.perf_counter()
-        try:
-            response = await client.post("/embed", json=body)
-            status = response.status_code
-        except Exception as exc:  # noqa: BLE001 - a transport failure is an outcome too
-            response, status = None, type(exc).__name__
-        ended = time.perf_counter()
-        server_ms = None
-        if status == 200:
-            reason = validate_embeddings(response.json(), count, dimension)
-            status = 200 if reason is None else f"invalid: {reason}"
-            server_ms = float(response.headers.get("x-total-time", "nan"))
-        records.append((started, ended, status, count, server_ms))
-        if status == 429:
-            await asyncio.sleep(float(response.headers.get("retry-after", "1")))
-
-
-async def load_cell(base_url: str, clients: int, duration: float, warmup: float, max_texts: int, seed: int,
-                    dimension: int) -> dict:
-    import httpx
+def load_cell(base_url: str, clients: int, duration: float, warmup: float, max_texts: int, seed: int,
+              dimension: int) -> dict:
+    from loadtest.closed_loop import closed_loop, summarize
 
     texts = corpus()
-    records: list = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
-        t0 = time.perf_counter()
-        window = (t0 + warmup, t0 + warmup + duration)
-        await asyncio.gather(*(_client(w, client, texts, max_texts, seed, window[1], dimension, records)
-                               for w in range(clients)))
-    # Requests answered inside the window (a request that straddles its start counts: the loop is closed).
-    inside = [r for r in records if window[0] <= r[1] <= window[1]]
-    ok = [r for r in inside if r[2] == 200]
-    latencies = sorted((r[1] - r[0]) * 1000 for r in ok)
-    overheads = [(r[1] - r[0]) * 1000 - r[4] for r in ok if r[4] == r[4]]
 
-    def pct(values, q):
-        return round(values[min(len(values) - 1, int(q * len(values)))], 1) if values else None
+    def draw(rng) -> list[str]:
+        return [rng.choice(texts) for _ in range(rng.randint(1, max_texts))]
 
-    other = [r[2] for r in inside if r[2] not in (200, 429)]
-    return {
-        "clients": clients,
-        "answers": len(inside),
-        "goodput_texts_per_s": round(sum(r[3] for r in ok) / duration, 1),
-        "requests_per_s": round(len(ok) / duration, 2),
-        "p50_ms": pct(latencies, 0.50),
-        "p95_ms": pct(latencies, 0.95),
-        "share_429": round(sum(r[2] == 429 for r in inside) / max(len(inside), 1), 4),
-        "other_failures": len(other),
-        "other_failure_examples": sorted({str(s) for s in other})[:5],
-        "overhead_ms_median": round(statistics.median(overheads), 2) if overheads else None,
-    }
+    answers = asyncio.run(closed_loop(base_url, clients, duration, warmup, draw, dimension, seed=seed))
+    return summarize(answers, clients, duration)
 
 
 @contextlib.contextmanager
@@ -130,9 +79,11 @@ def ray_cluster(cpus: int):
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     import ray
     from ray import serve
+    from ray._private import ray_constants
 
     from loadtest.processes import free_port
 
+    ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -176,8 +127,7 @@ def run_config(name: str, args, clients: list[int], stack: contextlib.ExitStack,
     details = info(base)
     cells = []
     for count in clients:
-        cell = asyncio.run(load_cell(base, count, args.duration, args.warmup, args.max_texts, args.seed,
-                                     details["dimension"]))
+        cell = load_cell(base, count, args.duration, args.warmup, args.max_texts, args.seed, details["dimension"])
         print(f"  {name:<8} {count:>3} clients: {cell['goodput_texts_per_s']:8.1f} texts/s  "
               f"p50 {cell['p50_ms']} ms  p95 {cell['p95_ms']} ms  429 {cell['share_429']:.1%}  "
               f"other failures {cell['other_failures']}  overhead {cell['overhead_ms_median']} ms", flush=True)

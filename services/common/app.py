@@ -155,39 +155,28 @@ class EdgeMiddleware:
     async def _with_body(self, scope, receive, send):
         max_bytes = self.settings.max_payload_bytes
         declared = dict(scope["headers"]).get(b"content-length")
+
+        def closing_error(status_code: int, message: str, error_type: ErrorType) -> Response:
+            # The rest of the body is never read, so the connection cannot carry another request.
+            return error_response(status_code, message, error_type.value, {"Connection": "close"})
+
+        too_large = f"request body is larger than {max_bytes} bytes"
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            response = error_response(
-                413,
-                f"request body is larger than {max_bytes} bytes",
-                ErrorType.TOO_LARGE.value,
-                {"Connection": "close"},
-            )
-            return await response(scope, receive, send)
+            return await closing_error(413, too_large, ErrorType.TOO_LARGE)(scope, receive, send)
         chunks, size = [], 0
         deadline = time.monotonic() + self.settings.body_timeout_s
         while True:
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                response = error_response(
-                    408,
-                    f"the request body took longer than {self.settings.body_timeout_s:g} s",
-                    ErrorType.TIMEOUT.value,
-                    {"Connection": "close"},
-                )
-                return await response(scope, receive, send)
+                reason = f"the request body took longer than {self.settings.body_timeout_s:g} s"
+                return await closing_error(408, reason, ErrorType.TIMEOUT)(scope, receive, send)
             if message["type"] == "http.disconnect":
                 return  # the client went away mid-body: nothing to answer, nothing to log
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > max_bytes:
-                response = error_response(
-                    413,
-                    f"request body is larger than {max_bytes} bytes",
-                    ErrorType.TOO_LARGE.value,
-                    {"Connection": "close"},
-                )
-                return await response(scope, receive, send)
+                return await closing_error(413, too_large, ErrorType.TOO_LARGE)(scope, receive, send)
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)

@@ -13,9 +13,6 @@ from runtime.manifest import ArtifactError
 from services.common.embedder import ArtifactEmbedder
 from services.common.settings import ServiceSettings, SettingsConfigDict, SettingsError
 
-# As torch_api on a GPU: bigger calls than on a CPU.
-GPU_MAX_BATCH_SIZE = 128
-GPU_MAX_BATCH_TOKENS = 65536
 # On the CUDA provider: the plain export (ONNX Runtime fuses for CUDA at load) and the fused-attention graph
 # (com.microsoft.MultiHeadAttention has a CUDA kernel). Not onnx_optimized (optimized offline for the CPU
 # provider) nor the int8 graphs (dynamic int8 MatMulInteger is a CPU kernel: it would run on the CPU).
@@ -33,10 +30,7 @@ class OnnxSettings(ServiceSettings):
     @model_validator(mode="after")
     def _device_defaults(self):
         if self.device == "cuda":
-            if "max_batch_size" not in self.model_fields_set:
-                self.max_batch_size = GPU_MAX_BATCH_SIZE
-            if "max_batch_tokens" not in self.model_fields_set:
-                self.max_batch_tokens = GPU_MAX_BATCH_TOKENS
+            self.use_gpu_batch_sizes()
             if self.variant not in ("auto", *CUDA_VARIANTS):
                 raise ValueError(f"variant {self.variant} does not run on the CUDA provider: with device cuda "
                                  f"use variant auto or one of {', '.join(CUDA_VARIANTS)}")

@@ -13,14 +13,10 @@ from pydantic import Field, model_validator
 from runtime.manifest import ArtifactError
 from runtime.similarity import PARITY_MIN_COSINE, parity_report
 from services.common.embedder import WARMUP_TEXTS, ArtifactEmbedder
-from services.common.settings import ServiceSettings, SettingsConfigDict, SettingsError
+from services.common.settings import GPU_MAX_BATCH_SIZE, ServiceSettings, SettingsConfigDict, SettingsError
 
 from .buckets import batch_buckets, pad_to_bucket, parse_buckets, warmup_shapes
 
-# A GPU wants bigger calls than a CPU: on an H200, MPNet-base fp16 runs b32 in ~6.5 ms and b128 in ~29 ms
-# (benchmarks/reference/gpu-h200), so up to 128 texts / 64k padded tokens (128 x 512) per call.
-GPU_MAX_BATCH_SIZE = 128
-GPU_MAX_BATCH_TOKENS = 65536
 INT8_VARIANTS = ("torch_int8", "torch_int8_smooth")
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -71,11 +67,7 @@ class TorchSettings(ServiceSettings):
     @model_validator(mode="after")
     def _device_defaults(self):
         if self.device == "cuda":
-            # A GPU-sized token budget unless one was given (flag or env var).
-            if "max_batch_size" not in self.model_fields_set:
-                self.max_batch_size = GPU_MAX_BATCH_SIZE
-            if "max_batch_tokens" not in self.model_fields_set:
-                self.max_batch_tokens = GPU_MAX_BATCH_TOKENS
+            self.use_gpu_batch_sizes()
         if self.variant in INT8_VARIANTS and (self.device == "cuda" or self.dtype in ("fp16", "bf16")):
             raise ValueError(f"variant {self.variant} is CPU-only dynamic int8: with device {self.device} "
                              f"and dtype {self.dtype} use variant auto or torch_fp32")

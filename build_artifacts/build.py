@@ -312,7 +312,7 @@ def onnx_int8_smooth(state: BuildState) -> str:
         for count in candidates:
             build_smooth_int8(source, out, None, threads=state.threads, alpha=r.onnx_smooth_alpha,
                               split_patterns=r.onnx_ffn_output_patterns, outlier_channels=count,
-                              activation_max=maxima)
+                              activation_max=maxima, keep_fp32=r.onnx_keep_fp32_patterns)
             vectors = embed_in_service_batches(OnnxSentenceRunner(out, threads=state.threads).run, state.tokenizer,
                                                calibration, r)
             report = fidelity_report(vectors, reference, len(calibration), min_top10=r.min_top10_agreement)
@@ -321,7 +321,7 @@ def onnx_int8_smooth(state: BuildState) -> str:
         if tried else candidates[0]
     recipe = build_smooth_int8(source, out, None, threads=state.threads, alpha=r.onnx_smooth_alpha,
                                split_patterns=r.onnx_ffn_output_patterns, outlier_channels=chosen,
-                               activation_max=maxima)
+                               activation_max=maxima, keep_fp32=r.onnx_keep_fp32_patterns)
     recipe["source_graph"] = source.name
     recipe["fused_attention_blocks"] = state.fusion["fused_attention_blocks"] if fused_ok else 0
     recipe["calibration_texts"] = len(calibration_sentences())
@@ -329,9 +329,10 @@ def onnx_int8_smooth(state: BuildState) -> str:
         recipe["outlier_channels_tried_on_calibration_texts"] = {str(k): v for k, v in tried.items()}
     return state.record_onnx(
         "onnx_int8_smooth", "onnx/model.int8_smooth.onnx", "int8-dynamic-smoothquant",
-        f"Every linear layer int8 ({recipe['weights']}; {recipe['activations']}): SmoothQuant alpha "
-        f"{recipe['alpha']} on {recipe['smoothed']}, and {recipe['outlier_split_layers']} FFN output layers with their "
-        f"{recipe['outlier_channels']} largest input channels split off in fp32; built from {source.name} "
+        f"Linear layers int8 ({recipe['weights']}; {recipe['activations']}): SmoothQuant alpha "
+        f"{recipe['alpha']} on {recipe['smoothed']}, {recipe['outlier_split_layers']} FFN output layers with their "
+        f"{recipe['outlier_channels']} largest input channels split off in fp32, {recipe['fp32_layers']} left "
+        f"fp32; built from {source.name} "
         f"({recipe['fused_attention_blocks']} fused attention blocks).",
         recipe=recipe)
 

@@ -97,7 +97,7 @@ def smooth_model(model, activation_max: dict[str, np.ndarray], alpha: float = 0.
 
 
 def split_outlier_channels(model, activation_max: dict[str, np.ndarray], patterns: tuple[str, ...],
-                           channels: int) -> list[str]:
+                           channels: int, skip: tuple[str, ...] = ()) -> list[str]:
     """For MatMuls matching `patterns`: zero the `channels` largest input channels on the main path and
     add them back through a small fp32 MatMul. Returns the names of those fp32 MatMuls (in place)."""
     from onnx import helper, numpy_helper
@@ -106,6 +106,8 @@ def split_outlier_channels(model, activation_max: dict[str, np.ndarray], pattern
     side_matmuls = []
     for node, weight_name in weight_matmuls(model):
         if not any(re.search(pattern, node.name) for pattern in patterns):
+            continue
+        if any(re.search(pattern, node.name) for pattern in skip):
             continue
         source, name = node.input[0], node.name
         outliers = np.argsort(activation_max[source])[::-1][:channels].astype(np.int64)
@@ -147,9 +149,10 @@ OUTLIER_CHANNELS = DEFAULT_RECIPE.onnx_outlier_channels
 def build_smooth_int8(model_path: Path, out_path: Path, calibration_batches, threads: int | None = None,
                       alpha: float = SMOOTH_ALPHA, split_patterns: tuple[str, ...] = FFN_OUTPUT_PATTERNS,
                       outlier_channels: int = OUTLIER_CHANNELS,
-                      activation_max: dict[str, np.ndarray] | None = None) -> dict:
+                      activation_max: dict[str, np.ndarray] | None = None, keep_fp32: tuple[str, ...] = ()) -> dict:
     """SmoothQuant + outlier split + dynamic int8 (U8S8, 7-bit per-channel weights); returns what was done.
-    `activation_max` (from collect_activation_max) spares the calibration pass when several recipes are tried."""
+    `activation_max` (from collect_activation_max) spares the calibration pass when several recipes are tried.
+    `keep_fp32`: regexes of linear MatMul node names left fp32 (neither split, smoothed nor quantized)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -157,17 +160,23 @@ def build_smooth_int8(model_path: Path, out_path: Path, calibration_batches, thr
         activation_max = collect_activation_max(model_path, calibration_batches, threads)
     model = onnx.load(str(model_path))
     linear_layers = len(weight_matmuls(model))
-    side_matmuls = split_outlier_channels(model, activation_max, split_patterns, outlier_channels)
-    smooth_model(model, activation_max, alpha=alpha, skip=split_patterns + (r"_outlier_matmul$",))
+    fp32_matmuls = [node.name for node, _ in weight_matmuls(model)
+                    if any(re.search(pattern, node.name) for pattern in keep_fp32)]
+    fp32_exact = tuple(f"^{re.escape(name)}$" for name in fp32_matmuls)
+    side_matmuls = split_outlier_channels(model, activation_max, split_patterns, outlier_channels,
+                                          skip=fp32_exact)
+    smooth_model(model, activation_max, alpha=alpha, skip=split_patterns + fp32_exact + (r"_outlier_matmul$",))
     smoothed_path = out_path.with_suffix(".smoothed.tmp.onnx")
     try:
         onnx.save(model, str(smoothed_path))
         quantize_dynamic(str(smoothed_path), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=True, nodes_to_exclude=side_matmuls,
+                         reduce_range=True, nodes_to_exclude=side_matmuls + fp32_matmuls,
                          # contrib ops (fused attention) are unknown to ONNX shape inference
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         smoothed_path.unlink(missing_ok=True)
-    return {"alpha": alpha, "linear_layers": linear_layers, "smoothed": linear_layers - len(side_matmuls),
+    return {"alpha": alpha, "linear_layers": linear_layers,
+            "smoothed": linear_layers - len(side_matmuls) - len(fp32_matmuls),
             "outlier_split_layers": len(side_matmuls), "outlier_channels": outlier_channels,
+            "fp32_layers": len(fp32_matmuls),
             "weights": "int8 per-channel, 7-bit range (reduce_range)", "activations": "uint8 dynamic per-tensor"}

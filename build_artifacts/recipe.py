@@ -32,6 +32,9 @@ class Recipe:
     #: when it holds several counts, the build tries each and keeps the one with the most top-10 agreement
     #: with fp32 on the calibration texts (onnx_outlier_channels is then unused)
     onnx_outlier_channel_candidates: tuple[int, ...] = ()
+    #: linear layers (regexes over MatMul node names) left fp32 in onnx_int8_smooth: neither split, smoothed
+    #: nor quantized
+    onnx_keep_fp32_patterns: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
@@ -42,6 +45,7 @@ class Recipe:
         out = asdict(self)
         out["onnx_ffn_output_patterns"] = list(self.onnx_ffn_output_patterns)
         out["onnx_outlier_channel_candidates"] = list(self.onnx_outlier_channel_candidates)
+        out["onnx_keep_fp32_patterns"] = list(self.onnx_keep_fp32_patterns)
         return out
 
 

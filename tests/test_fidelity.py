@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -165,8 +166,10 @@ def test_outlier_channel_count_is_chosen_on_calibration_texts(tiny_mpnet_dir, tm
     from build_artifacts.build import build
     from build_artifacts.recipe import DEFAULT_RECIPE
 
+    keep = r"layer\.0/output/dense/"
     manifest = build(str(tiny_mpnet_dir), tmp_path / "out", threads=2,
-                     recipe=replace(DEFAULT_RECIPE, onnx_outlier_channel_candidates=(4, 16)))
+                     recipe=replace(DEFAULT_RECIPE, onnx_outlier_channel_candidates=(4, 16),
+                                    onnx_keep_fp32_patterns=(keep,)))
     recipe = manifest.artifacts["onnx_int8_smooth"].recipe
     tried = recipe["outlier_channels_tried_on_calibration_texts"]
     assert set(tried) == {"4", "16"} and recipe["outlier_channels"] in (4, 16)
@@ -174,3 +177,10 @@ def test_outlier_channel_count_is_chosen_on_calibration_texts(tiny_mpnet_dir, tm
     best = max(tried.values(), key=lambda t: t["top10_agreement"])["top10_agreement"]
     assert tried[str(recipe["outlier_channels"])]["top10_agreement"] == best
     assert manifest.build["recipe"]["onnx_outlier_channel_candidates"] == [4, 16]
+    # The layer kept fp32 is a plain MatMul on its original input: not split, smoothed or quantized.
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "out" / manifest.artifacts["onnx_int8_smooth"].path)).graph
+    kept = [n for n in graph.node if re.search(keep, n.name) and "MatMul" in n.op_type]
+    assert recipe["fp32_layers"] == 1 and [n.op_type for n in kept] == ["MatMul"], [n.name for n in kept]
+    assert any(re.search(r"layer\.1/output/dense/", n.name) and n.op_type == "MatMulInteger" for n in graph.node)

@@ -232,3 +232,21 @@ def test_the_wait_estimate_corrects_itself_by_its_measured_error():
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+def test_the_wait_correction_covers_nine_in_ten_past_errors_not_half():
+    """Near saturation each admitted request waits about the budget: a median correction would let half of
+    them start past it, so the correction is the 90th percentile of actual / estimated waits."""
+    async def scenario():
+        batcher = DynamicBatcher(GatedModel(), ServiceMetrics(), max_batch_size=1, max_wait_ms=0)
+        now = time.perf_counter()
+        ratios = [0.9, 0.95, 1.0, 1.0, 1.05, 1.1, 1.1, 1.2, 1.3, 1.4]
+        for ratio in ratios:
+            job = batcher.submit([[1]])
+            job.raw_estimate_s, job.enqueued_at = 2.0, now - 2.0 * ratio
+            batcher._record_wait_error(job, now)
+        assert batcher.wait_correction == pytest.approx(np.quantile(ratios, 0.9))
+        assert sum(r <= batcher.wait_correction for r in ratios) >= 9 > sum(r <= np.median(ratios) for r in ratios)
+        await batcher.stop()
+
+    asyncio.run(scenario())

@@ -29,6 +29,8 @@ import numpy as np
 from .metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
+# How late a request may start against the estimate that admitted it: one in ten (see wait_correction).
+WAIT_CORRECTION_QUANTILE = 0.9
 
 
 class Overloaded(Exception):
@@ -263,14 +265,17 @@ class DynamicBatcher:
 
     def estimated_wait_s(self) -> float:
         """Seconds until a request admitted now would start: the calls now running plus the queued work,
-        corrected by how far past estimates were off (the median of actual / estimated over recent requests)."""
+        corrected by how far past estimates were off (see wait_correction)."""
         return self._raw_wait_s() * self.wait_correction
 
     @property
     def wait_correction(self) -> float:
+        """The 90th percentile of actual / estimated wait over recent requests. Admission keeps a promise
+        (start within the budget), and near saturation every admitted request sits at the budget's edge: a
+        median correction would let half of them start late."""
         if len(self._wait_errors) < 4:
             return 1.0
-        return min(2.0, max(0.5, float(np.median(self._wait_errors))))
+        return min(2.0, max(0.5, float(np.quantile(self._wait_errors, WAIT_CORRECTION_QUANTILE))))
 
     def _record_wait_error(self, job: Job, started: float) -> None:
         # Only waits long enough to matter: a short one is mostly batch-fill timing, not the estimate.

@@ -29,8 +29,9 @@ import numpy as np
 from .metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
-# How late a request may start against the estimate that admitted it: one in ten (see wait_correction).
-WAIT_CORRECTION_QUANTILE = 0.9
+# Admitted requests that may start past the wait budget: one in twenty (see wait_correction), so the p95
+# latency of admitted requests stays within the budget plus their own batch.
+WAIT_CORRECTION_QUANTILE = 0.95
 
 
 class Overloaded(Exception):
@@ -270,9 +271,9 @@ class DynamicBatcher:
 
     @property
     def wait_correction(self) -> float:
-        """The 90th percentile of actual / estimated wait over recent requests. Admission keeps a promise
-        (start within the budget), and near saturation every admitted request sits at the budget's edge: a
-        median correction would let half of them start late."""
+        """A high percentile (WAIT_CORRECTION_QUANTILE) of actual / estimated wait over recent requests.
+        Admission keeps a promise (start within the budget), and near saturation every admitted request sits
+        at the budget's edge: a median correction would let half of them start late."""
         if len(self._wait_errors) < 4:
             return 1.0
         return min(2.0, max(0.5, float(np.quantile(self._wait_errors, WAIT_CORRECTION_QUANTILE))))

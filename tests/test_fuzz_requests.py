@@ -78,3 +78,12 @@ def test_openai_embeddings_never_answers_5xx(client, body):
 def test_raw_bytes_never_answer_5xx(client, raw, content_type):
     for path in ("/embed", "/v1/embeddings"):
         _check(client.post(path, content=raw, headers={"content-type": content_type} if content_type else {}))
+
+
+def test_a_lone_surrogate_in_the_model_name_is_a_400_not_a_500(client):
+    """Found by the fuzzer: the OpenAI answer echoes `model`, and a lone surrogate cannot be written as JSON."""
+    response = client.post("/v1/embeddings", content=json.dumps({"input": "0", "model": "\ud800"}).encode(),
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error_type"] == "invalid_text", response.text
+    ok = client.post("/v1/embeddings", json={"input": "0", "model": "any-name"})
+    assert ok.status_code == 200 and ok.json()["model"] == "any-name"

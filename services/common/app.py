@@ -224,6 +224,15 @@ async def drain(app: FastAPI, grace_s: float, delay_s: float = 0.0) -> dict:
     return summary
 
 
+def is_valid_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate (JSON allows \\ud800 escapes; UTF-8 cannot hold them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def create_app(settings: ServiceSettings, embedder: Embedder, runtime_packages: tuple[str, ...] = ()) -> FastAPI:
     metrics = ServiceMetrics()
     state = ServingState()
@@ -303,13 +312,11 @@ def create_app(settings: ServiceSettings, embedder: Embedder, runtime_packages: 
         for i, text in enumerate(texts):
             if not text.strip():
                 raise ApiError(ErrorType.EMPTY, f"input {i} is an empty string")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
+            if not is_valid_unicode(text):
                 raise ApiError(
                     ErrorType.INVALID_TEXT,
                     f"input {i} is not valid Unicode (it holds a lone surrogate such as \\ud800)",
-                ) from None
+                )
         ids = await asyncio.to_thread(embedder.tokenize, texts)
         for i, row in enumerate(ids):
             if len(row) <= app.state.bare_tokens:
@@ -392,6 +399,9 @@ def create_app(settings: ServiceSettings, embedder: Embedder, runtime_packages: 
                 ErrorType.VALIDATION,
                 f"dimensions={body.dimensions} is not supported: this model returns {embedder.dimension}",
             )
+        if body.model is not None and not is_valid_unicode(body.model):
+            # The answer echoes the model name: a lone surrogate could not be written out as JSON.
+            raise ApiError(ErrorType.INVALID_TEXT, "model is not valid Unicode (it holds a lone surrogate)")
         token_ids = await validated_texts(body.input, truncate=True)
         vectors, result = await embed_texts(request, token_ids, normalize=embedder.normalize_default)
         if result is None:

@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -301,6 +302,9 @@ def onnx_int8_smooth(state: BuildState) -> str:
     out = state.onnx_dir / "model.int8_smooth.onnx"
     r = state.recipe
     maxima = collect_activation_max(source, state.calibration_batches(), state.threads)
+    build_with = partial(build_smooth_int8, source, out, None, threads=state.threads, alpha=r.onnx_smooth_alpha,
+                         split_patterns=r.onnx_ffn_output_patterns, activation_max=maxima,
+                         keep_fp32=r.onnx_keep_fp32_patterns)
     candidates = tuple(r.onnx_outlier_channel_candidates) or (r.onnx_outlier_channels,)
     tried = {}
     if len(candidates) > 1:
@@ -310,18 +314,14 @@ def onnx_int8_smooth(state: BuildState) -> str:
         reference = embed_in_service_batches(OnnxSentenceRunner(source, threads=state.threads).run, state.tokenizer,
                                              calibration, r)
         for count in candidates:
-            build_smooth_int8(source, out, None, threads=state.threads, alpha=r.onnx_smooth_alpha,
-                              split_patterns=r.onnx_ffn_output_patterns, outlier_channels=count,
-                              activation_max=maxima, keep_fp32=r.onnx_keep_fp32_patterns)
+            build_with(outlier_channels=count)
             vectors = embed_in_service_batches(OnnxSentenceRunner(out, threads=state.threads).run, state.tokenizer,
                                                calibration, r)
             report = fidelity_report(vectors, reference, len(calibration), min_top10=r.min_top10_agreement)
             tried[count] = {k: report[k] for k in ("min_cosine", "top10_agreement", "spearman")}
     chosen = max(candidates, key=lambda c: (tried[c]["top10_agreement"], tried[c]["min_cosine"], -c)) \
         if tried else candidates[0]
-    recipe = build_smooth_int8(source, out, None, threads=state.threads, alpha=r.onnx_smooth_alpha,
-                               split_patterns=r.onnx_ffn_output_patterns, outlier_channels=chosen,
-                               activation_max=maxima, keep_fp32=r.onnx_keep_fp32_patterns)
+    recipe = build_with(outlier_channels=chosen)
     recipe["source_graph"] = source.name
     recipe["fused_attention_blocks"] = state.fusion["fused_attention_blocks"] if fused_ok else 0
     recipe["calibration_texts"] = len(calibration_sentences())

@@ -105,9 +105,7 @@ def split_outlier_channels(model, activation_max: dict[str, np.ndarray], pattern
     initializers = {init.name: init for init in model.graph.initializer}
     side_matmuls = []
     for node, weight_name in weight_matmuls(model):
-        if not any(re.search(pattern, node.name) for pattern in patterns):
-            continue
-        if any(re.search(pattern, node.name) for pattern in skip):
+        if not any(re.search(p, node.name) for p in patterns) or any(re.search(p, node.name) for p in skip):
             continue
         source, name = node.input[0], node.name
         outliers = np.argsort(activation_max[source])[::-1][:channels].astype(np.int64)
@@ -159,13 +157,10 @@ def build_smooth_int8(model_path: Path, out_path: Path, calibration_batches, thr
     if activation_max is None:
         activation_max = collect_activation_max(model_path, calibration_batches, threads)
     model = onnx.load(str(model_path))
-    linear_layers = len(weight_matmuls(model))
-    fp32_matmuls = [node.name for node, _ in weight_matmuls(model)
-                    if any(re.search(pattern, node.name) for pattern in keep_fp32)]
-    fp32_exact = tuple(f"^{re.escape(name)}$" for name in fp32_matmuls)
-    side_matmuls = split_outlier_channels(model, activation_max, split_patterns, outlier_channels,
-                                          skip=fp32_exact)
-    smooth_model(model, activation_max, alpha=alpha, skip=split_patterns + fp32_exact + (r"_outlier_matmul$",))
+    linears = [node.name for node, _ in weight_matmuls(model)]
+    fp32_matmuls = [name for name in linears if any(re.search(pattern, name) for pattern in keep_fp32)]
+    side_matmuls = split_outlier_channels(model, activation_max, split_patterns, outlier_channels, skip=keep_fp32)
+    smooth_model(model, activation_max, alpha=alpha, skip=split_patterns + keep_fp32 + (r"_outlier_matmul$",))
     smoothed_path = out_path.with_suffix(".smoothed.tmp.onnx")
     try:
         onnx.save(model, str(smoothed_path))
@@ -175,8 +170,8 @@ def build_smooth_int8(model_path: Path, out_path: Path, calibration_batches, thr
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         smoothed_path.unlink(missing_ok=True)
-    return {"alpha": alpha, "linear_layers": linear_layers,
-            "smoothed": linear_layers - len(side_matmuls) - len(fp32_matmuls),
+    return {"alpha": alpha, "linear_layers": len(linears),
+            "smoothed": len(linears) - len(side_matmuls) - len(fp32_matmuls),
             "outlier_split_layers": len(side_matmuls), "outlier_channels": outlier_channels,
             "fp32_layers": len(fp32_matmuls),
             "weights": "int8 per-channel, 7-bit range (reduce_range)", "activations": "uint8 dynamic per-tensor"}

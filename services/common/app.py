@@ -155,14 +155,8 @@ class EdgeMiddleware:
     async def _with_body(self, scope, receive, send):
         max_bytes = self.settings.max_payload_bytes
         declared = dict(scope["headers"]).get(b"content-length")
-
-        def closing_error(status_code: int, message: str, error_type: ErrorType) -> Response:
-            # The rest of the body is never read, so the connection cannot carry another request.
-            return error_response(status_code, message, error_type.value, {"Connection": "close"})
-
-        too_large = f"request body is larger than {max_bytes} bytes"
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            return await closing_error(413, too_large, ErrorType.TOO_LARGE)(scope, receive, send)
+            return await body_too_large(max_bytes)(scope, receive, send)
         chunks, size = [], 0
         deadline = time.monotonic() + self.settings.body_timeout_s
         while True:
@@ -176,7 +170,7 @@ class EdgeMiddleware:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > max_bytes:
-                return await closing_error(413, too_large, ErrorType.TOO_LARGE)(scope, receive, send)
+                return await body_too_large(max_bytes)(scope, receive, send)
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
@@ -222,6 +216,15 @@ async def drain(app: FastAPI, grace_s: float, delay_s: float = 0.0) -> dict:
     summary = {"in_flight_at_sigterm": at_start, "cut_off": cut_off, "seconds": round(time.monotonic() - started, 2)}
     log.info("drained: %s", summary)
     return summary
+
+
+def closing_error(status_code: int, message: str, error_type: ErrorType) -> Response:
+    """An error answered before the body was read to its end: the connection cannot carry another request."""
+    return error_response(status_code, message, error_type.value, {"Connection": "close"})
+
+
+def body_too_large(max_bytes: int) -> Response:
+    return closing_error(413, f"request body is larger than {max_bytes} bytes", ErrorType.TOO_LARGE)
 
 
 def is_valid_unicode(text: str) -> bool:

@@ -221,6 +221,7 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._running_jobs: set[Job] = set()
         self._wait_errors: deque[float] = deque(maxlen=32)  # actual / estimated queue wait, recent requests
+        self._wait_correction = 1.0
         metrics.estimated_wait.set_function(self.estimated_wait_s)
         metrics.tokens_per_second.set_function(lambda: self.throughput.padded_tokens_per_s)
         metrics.queue_depth.set_function(lambda: len(self._queue))
@@ -273,15 +274,17 @@ class DynamicBatcher:
     def wait_correction(self) -> float:
         """A high percentile (WAIT_CORRECTION_QUANTILE) of actual / estimated wait over recent requests.
         Admission keeps a promise (start within the budget), and near saturation every admitted request sits
-        at the budget's edge: a median correction would let half of them start late."""
-        if len(self._wait_errors) < 4:
-            return 1.0
-        return min(2.0, max(0.5, float(np.quantile(self._wait_errors, WAIT_CORRECTION_QUANTILE))))
+        at the budget's edge: a median correction would let half of them start late. Recomputed when a wait
+        is recorded, not on every admission check."""
+        return self._wait_correction
 
     def _record_wait_error(self, job: Job, started: float) -> None:
         # Only waits long enough to matter: a short one is mostly batch-fill timing, not the estimate.
         if job.raw_estimate_s >= 0.5:
             self._wait_errors.append((started - job.enqueued_at) / job.raw_estimate_s)
+            if len(self._wait_errors) >= 4:
+                quantile = float(np.quantile(self._wait_errors, WAIT_CORRECTION_QUANTILE))
+                self._wait_correction = min(2.0, max(0.5, quantile))
 
     def check_admission(self) -> None:
         """Raise Overloaded when the queue already holds more than the wait budget (before any parsing)."""

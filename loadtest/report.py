@@ -45,6 +45,7 @@ def run_locust(
     """One headless Locust step (closed loop, Retry-After honoured); returns what users got, and the CPU both
     sides used (Locust runs on the same cores as the service)."""
     texts_before = metric_value(base_url, "embed_texts_total")
+    model_s_before = metric_value(base_url, "embed_inference_time_seconds_sum")
     service_cpu_before = metric_value(base_url, "process_cpu_seconds_total")
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
@@ -86,6 +87,7 @@ def run_locust(
     if completed.returncode != 0:
         raise RuntimeError(f"locust failed ({completed.returncode}): {completed.stderr[-2000:]}")
     sentences = metric_value(base_url, "embed_texts_total") - texts_before
+    model_s = metric_value(base_url, "embed_inference_time_seconds_sum") - model_s_before
     service_cpu = metric_value(base_url, "process_cpu_seconds_total") - service_cpu_before
     locust_cpu = (children_after.ru_utime - children_before.ru_utime) + (
         children_after.ru_stime - children_before.ru_stime
@@ -123,6 +125,11 @@ def run_locust(
         "p50_ms": float(row["50%"]),
         "p95_ms": float(row["95%"]),
         "mean_ms": round(float(row["Average Response Time"]), 1),
+        # The model's own speed in this step (texts per second of model time) and the share of the step it
+        # ran: on a shared machine the model's speed drifts between steps, and these tell that drift apart
+        # from what the serving layer loses (idle model, wasted calls).
+        "model_busy_share": round(model_s / elapsed, 3),
+        "model_texts_per_model_s": round(sentences / model_s, 1) if model_s > 0 else None,
         "locust_cpu_cores": round(locust_cpu / elapsed, 2),
         "service_cpu_cores": round(service_cpu / elapsed, 2),
     }
@@ -339,6 +346,18 @@ def main(argv=None) -> int:
     return 0
 
 
+def p95_bar_ms(data: dict) -> float | None:
+    """The latency an admitted request is promised: the wait budget plus one full batch (max_batch_size texts
+    at the in-process speed measured for that batch size in the same run)."""
+    batching, ceiling = data.get("batching") or {}, data.get("in_process") or {}
+    size = batching.get("max_batch_size")
+    rates = ceiling.get("texts_per_s_by_batch") or {}
+    rate = rates.get(str(size)) or rates.get(size)  # str keys once read back from results.json
+    if not size or not rate or "max_queue_wait_ms" not in batching:
+        return None
+    return batching["max_queue_wait_ms"] + 1000.0 * size / rate
+
+
 def write_report(results: dict, out: Path) -> None:
     s = results["settings"]
     lines = [
@@ -353,9 +372,13 @@ def write_report(results: dict, out: Path) -> None:
         "Goodput: sentences answered 200 per second. p50/p95: the answered (200) requests. 429 share: of all "
         f"requests sent. Knee: the last step whose p95 stays within {s['slo_ms']:.0f} ms.",
         "",
+        "Model busy: the share of the step the model was running; model speed: texts per second of model time "
+        "(both from the service's /metrics). The model's speed drifts between steps on a shared machine; a "
+        "serving layer that loses nothing keeps the model busy at every load.",
+        "",
         "| service | variant | users | requests | 200 | 429 share | 5xx | other failures | goodput (sentences/s) "
-        "| p50 ms | p95 ms | Locust CPU (cores) | service CPU (cores) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| p50 ms | p95 ms | model busy | model speed (texts/s) | Locust CPU (cores) | service CPU (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, data in results["services"].items():
         for step in data["steps"]:
@@ -363,7 +386,8 @@ def write_report(results: dict, out: Path) -> None:
             lines.append(
                 f"| {name} | {data['info']['variant']} | {step['users']} | {step['requests']} | {step['ok']} | "
                 f"{step['share_429']:.1%} | {c['5xx']} | {step['failures'] - c['5xx']} | {step['goodput']:.1f} | "
-                f"{step['p50_ms']:.0f} | {step['p95_ms']:.0f} | {step['locust_cpu_cores']:.2f} | "
+                f"{step['p50_ms']:.0f} | {step['p95_ms']:.0f} | {step.get('model_busy_share', '-')} | "
+                f"{step.get('model_texts_per_model_s', '-')} | {step['locust_cpu_cores']:.2f} | "
                 f"{step['service_cpu_cores']:.2f} |"
             )
     lines += [
@@ -371,8 +395,9 @@ def write_report(results: dict, out: Path) -> None:
         "## Capacity and serving efficiency",
         "",
         "| service | knee (users) | capacity at the knee (sentences/s) | saturation goodput | in-process best "
-        "(texts/s, batch) | serving efficiency | goodput at 128 / 512 users vs 32 | request right after |",
-        "|---|---|---|---|---|---|---|---|",
+        "(texts/s, batch) | serving efficiency | goodput at 128 / 512 users vs 32 | model speed at 128 / 512 vs 32 "
+        "| worst p95 at 128 / 512 vs the wait budget + one full batch | request right after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, data in results["services"].items():
         by_users = {st["users"]: st["goodput"] for st in data["steps"]}
@@ -380,8 +405,15 @@ def write_report(results: dict, out: Path) -> None:
             f"{by_users[u] / by_users[32]:.2f}x" if 32 in by_users and by_users[32] and u in by_users else "-"
             for u in (128, 512)
         )
+        speeds = {st["users"]: st.get("model_texts_per_model_s") for st in data["steps"]}
+        speed_ratios = " / ".join(
+            f"{speeds[u] / speeds[32]:.2f}x" if speeds.get(32) and speeds.get(u) else "-" for u in (128, 512)
+        )
         k = data["knee"]
         ceiling = data["in_process"]
+        bar = p95_bar_ms(data)
+        overloaded = [st["p95_ms"] for st in data["steps"] if st["users"] in (128, 512)]
+        p95_check = f"{max(overloaded):.0f} vs {bar:.0f} ms" if bar and overloaded else "-"
         after = data["after_last_step"]
         best = f"{ceiling['best_texts_per_s']} (b{ceiling['best_batch']})" if ceiling else "-"
         lines.append(
@@ -389,7 +421,7 @@ def write_report(results: dict, out: Path) -> None:
             f"{data['saturation_goodput']:.1f} | "
             f"{best} | "
             f"{data['serving_efficiency'] if data['serving_efficiency'] is not None else '-'} | {ratios} | "
-            f"HTTP {after['status']} in {after['ms']:.0f} ms |"
+            f"{speed_ratios} | {p95_check} | HTTP {after['status']} in {after['ms']:.0f} ms |"
         )
     lines += ["", "![throughput](throughput.png)", "", "![latency](latency.png)", ""]
     (out / "report.md").write_text("\n".join(lines))

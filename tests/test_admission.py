@@ -112,6 +112,38 @@ def test_batcher_owns_batch_shape_length_sorted_groups_within_the_token_budget()
     asyncio.run(scenario())
 
 
+def test_a_batch_takes_whole_requests_so_none_waits_for_two_batches():
+    async def scenario():
+        model = GatedModel()
+        batcher = DynamicBatcher(model, ServiceMetrics(), max_batch_size=12, max_wait_ms=0)
+        batcher.start()
+        model.gate.clear()
+        blocker = batcher.submit([[1]])
+        await asyncio.sleep(0.05)
+        jobs = [batcher.submit([[2, 3]] * 8) for _ in range(3)] + [batcher.submit([[4, 5]] * 20)]
+        model.gate.set()
+        await batcher.wait(blocker)
+        for job in jobs:
+            await batcher.wait(job)
+        # 8 + 8 texts would overflow 12: each 8-text request runs whole in its own call; only the request larger
+        # than a batch is split, and it starts its batch.
+        assert [len(rows) for rows in model.calls] == [1, 8, 8, 8, 12, 8]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_backlog_is_counted_in_the_calls_it_will_really_take():
+    """The batcher's length grouping runs a 32-text batch in several calls: the estimate counts the calls seen."""
+    estimate = ThroughputEstimate()
+    for _ in range(4):
+        estimate.observe(padded_tokens=400, real_tokens=380, seconds=0.5, texts=8)
+    assert estimate.texts_per_call == pytest.approx(8.0)
+    assert estimate.calls_for(64, max_batch_size=32) == 8
+    assert estimate.calls_for(0, max_batch_size=32) == 0
+    assert ThroughputEstimate().calls_for(5, max_batch_size=32) == 5  # nothing seen yet: a call per text
+
+
 def test_cancelled_request_texts_never_reach_the_model():
     async def scenario():
         metrics = ServiceMetrics()

@@ -68,6 +68,11 @@ class ServiceMetrics:
             "Estimated wait before a request admitted now would start",
             registry=r,
         )
+        self.wait_correction = Gauge(
+            f"{prefix}_wait_correction",
+            "Factor on the raw queue-wait estimate: a high percentile of actual / estimated waits of past requests",
+            registry=r,
+        )
         self.tokens_per_second = Gauge(
             f"{prefix}_measured_padded_tokens_per_second",
             "Padded tokens per second of model time, over the last model calls",

@@ -112,6 +112,29 @@ def test_batcher_owns_batch_shape_length_sorted_groups_within_the_token_budget()
     asyncio.run(scenario())
 
 
+def test_admission_leaves_room_for_the_requests_own_batch():
+    """Admitted means answered within the budget: the queue's wait plus the batch the request will run in."""
+    async def scenario():
+        model = GatedModel()
+        batcher = DynamicBatcher(model, ServiceMetrics(), max_batch_size=4, max_wait_ms=0, max_queue_wait_ms=1100)
+        batcher.throughput.observe(padded_tokens=40, real_tokens=40, seconds=0.2, texts=4)  # 0.2 s per 4 texts
+        batcher.start()
+        model.gate.clear()
+        batcher.submit([[1] * 10] * 4)
+        await asyncio.sleep(0.3)  # running, and past its estimated end: only the queue counts
+        assert batcher.own_batch_s() == pytest.approx(0.2)
+        for _ in range(4):
+            batcher.submit([[1] * 10] * 4)  # 0.8 s queued + 0.2 s own batch fits 1.1 s
+        batcher.submit([[1] * 10] * 4)  # queued: the wait estimate now at 1.0 s, still within the budget alone
+        assert batcher.estimated_wait_s() == pytest.approx(1.0)
+        with pytest.raises(Overloaded, match="plus its batch"):
+            batcher.check_admission()  # but 1.0 s + its own 0.2 s batch is not
+        model.gate.set()
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
 def test_a_batch_takes_whole_requests_so_none_waits_for_two_batches():
     async def scenario():
         model = GatedModel()

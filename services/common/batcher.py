@@ -4,8 +4,8 @@ Requests arrive tokenized. Admission asks one question: how long will the work a
 The batcher measures its own throughput (padded tokens per second of model time, over the last model
 calls) and the padding its groups add, so the estimate follows the machine, the variant and the text
 lengths actually served; nothing is configured. A request is admitted while the queue's estimated wait
-is within `max_queue_wait_s` (an empty queue always admits, so no request is refused forever); otherwise
-`Overloaded` carries a Retry-After.
+plus its own batch is within `max_queue_wait_s` (an empty queue always admits, so no request is refused
+forever); otherwise `Overloaded` carries a Retry-After.
 
 The batcher alone decides batch shape: it takes whole requests in arrival order up to `max_batch_size`
 texts and `max_batch_tokens` padded tokens (waiting at most `max_wait_ms` for a batch to fill), sorts them by
@@ -147,6 +147,11 @@ class ThroughputEstimate:
     def padding_ratio(self) -> float:
         real = sum(c[1] for c in self._calls)
         return sum(c[0] for c in self._calls) / real if real else 1.0
+
+    @property
+    def real_tokens_per_text(self) -> float:
+        texts = sum(c[3] for c in self._calls)
+        return sum(c[1] for c in self._calls) / texts if texts else 0.0
 
     @property
     def texts_per_call(self) -> float:
@@ -306,13 +311,25 @@ class DynamicBatcher:
                 quantile = float(np.quantile(self._wait_errors, WAIT_CORRECTION_QUANTILE))
                 self._wait_correction = min(2.0, max(0.5, quantile))
 
+    def own_batch_s(self) -> float:
+        """Time of the batch an admitted request runs in: a full batch at the recent tokens per text (its
+        request is answered when that batch ends), at most a quarter of the budget so that a small budget
+        still admits more than an empty queue."""
+        texts = self.max_batch_size
+        tokens = round(texts * self.throughput.real_tokens_per_text)
+        full = self.throughput.seconds_for(tokens, self.throughput.calls_for(texts, self.max_batch_size))
+        return min(full, 0.25 * self.max_queue_wait_s)
+
     def check_admission(self) -> None:
-        """Raise Overloaded when the queue already holds more than the wait budget (before any parsing)."""
+        """Raise Overloaded when a request admitted now would not be answered within the wait budget: the
+        estimated queue wait plus its own batch (before any parsing). A client whose timeout is the budget
+        then gets its answer in time, and the batch's margin absorbs some of the estimate's error."""
         wait = self.estimated_wait_s()
-        if self._queue and wait > self.max_queue_wait_s:
+        if self._queue and wait + self.own_batch_s() > self.max_queue_wait_s:
             self._metrics.rejected.labels(reason="queue_wait").inc()
             raise Overloaded(
-                f"estimated queue wait {wait:.1f} s is over the budget of {self.max_queue_wait_s:.1f} s",
+                f"estimated queue wait {wait:.1f} s plus its batch ({self.own_batch_s():.1f} s) is over the "
+                f"budget of {self.max_queue_wait_s:.1f} s",
                 retry_after_for(wait),
             )
 

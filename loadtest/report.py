@@ -45,7 +45,7 @@ def run_locust(
     """One headless Locust step (closed loop, Retry-After honoured); returns what users got, and the CPU both
     sides used (Locust runs on the same cores as the service)."""
     texts_before = metric_value(base_url, "embed_texts_total")
-    model_s_before = metric_value(base_url, "embed_inference_time_seconds_sum")
+    model_s_before = metric_value(base_url, "embed_model_seconds_total")
     service_cpu_before = metric_value(base_url, "process_cpu_seconds_total")
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
@@ -87,7 +87,7 @@ def run_locust(
     if completed.returncode != 0:
         raise RuntimeError(f"locust failed ({completed.returncode}): {completed.stderr[-2000:]}")
     sentences = metric_value(base_url, "embed_texts_total") - texts_before
-    model_s = metric_value(base_url, "embed_inference_time_seconds_sum") - model_s_before
+    model_s = metric_value(base_url, "embed_model_seconds_total") - model_s_before
     service_cpu = metric_value(base_url, "process_cpu_seconds_total") - service_cpu_before
     locust_cpu = (children_after.ru_utime - children_before.ru_utime) + (
         children_after.ru_stime - children_before.ru_stime
@@ -372,9 +372,11 @@ def write_report(results: dict, out: Path) -> None:
         "Goodput: sentences answered 200 per second. p50/p95: the answered (200) requests. 429 share: of all "
         f"requests sent. Knee: the last step whose p95 stays within {s['slo_ms']:.0f} ms.",
         "",
-        "Model busy: the share of the step the model was running; model speed: texts per second of model time "
-        "(both from the service's /metrics). The model's speed drifts between steps on a shared machine; a "
-        "serving layer that loses nothing keeps the model busy at every load.",
+        "Model busy: the share of the step the model was running (timed in the model's thread, so hand-offs and "
+        "the event loop's delays count as idle; a call that straddles the step's start can put it a little over "
+        "1); model speed: texts per second of model time (both from the service's /metrics). The model's speed "
+        "drifts between steps on a shared machine; a serving layer that loses nothing keeps the model busy at "
+        "every load.",
         "",
         "| service | variant | users | requests | 200 | 429 share | 5xx | other failures | goodput (sentences/s) "
         "| p50 ms | p95 ms | model busy | model speed (texts/s) | Locust CPU (cores) | service CPU (cores) |",

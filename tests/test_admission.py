@@ -121,7 +121,8 @@ def test_admission_leaves_room_for_the_requests_own_batch():
         batcher.start()
         model.gate.clear()
         batcher.submit([[1] * 10] * 4)
-        await asyncio.sleep(0.3)  # running, and past its estimated end: only the queue counts
+        await asyncio.sleep(0.05)
+        batcher._running_until = None  # the running call's rest out of the sum: only the queue counts
         assert batcher.own_batch_s() == pytest.approx(0.2)
         for _ in range(4):
             batcher.submit([[1] * 10] * 4)  # 0.8 s queued + 0.2 s own batch fits 1.1 s
@@ -133,6 +134,14 @@ def test_admission_leaves_room_for_the_requests_own_batch():
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+def test_the_own_batch_margin_is_at_most_a_quarter_of_the_budget():
+    # A full batch (4 texts at 1 s each) is longer than the 2 s budget: a quarter of it stands in, so a
+    # request still joins a short queue instead of waiting for an empty one.
+    batcher = DynamicBatcher(GatedModel(), ServiceMetrics(), max_batch_size=4, max_queue_wait_ms=2000)
+    batcher.throughput.observe(padded_tokens=40, real_tokens=40, seconds=4.0, texts=4)
+    assert batcher.own_batch_s() == pytest.approx(0.5)
 
 
 def test_a_batch_takes_whole_requests_so_none_waits_for_two_batches():
@@ -156,15 +165,39 @@ def test_a_batch_takes_whole_requests_so_none_waits_for_two_batches():
     asyncio.run(scenario())
 
 
+def test_a_request_that_would_overflow_the_token_budget_waits_for_the_next_batch_whole():
+    async def scenario():
+        model = GatedModel()
+        batcher = DynamicBatcher(model, ServiceMetrics(), max_batch_size=32, max_batch_tokens=100, max_wait_ms=0)
+        batcher.start()
+        model.gate.clear()
+        blocker = batcher.submit([[1]])
+        await asyncio.sleep(0.05)
+        short = batcher.submit([[2] * 10] * 4)  # 4 x 10 tokens
+        wide = batcher.submit([[3] * 5, [3] * 20])  # with the short ones: 6 rows x 20 = 120 > 100 tokens
+        model.gate.set()
+        for job in (blocker, short, wide):
+            await batcher.wait(job)
+        rows_by_call = [sorted({row[0] for row in rows}) for rows in model.calls]
+        assert rows_by_call[1:] == [[2], [3]] or rows_by_call[1:] == [[2], [3], [3]], rows_by_call
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
 def test_the_backlog_is_counted_in_the_calls_it_will_really_take():
     """The batcher's length grouping runs a 32-text batch in several calls: the estimate counts the calls seen."""
     estimate = ThroughputEstimate()
     for _ in range(4):
-        estimate.observe(padded_tokens=400, real_tokens=380, seconds=0.5, texts=8)
+        estimate.observe(padded_tokens=400, real_tokens=380, seconds=0.5, texts=8, backlogged=True)
     assert estimate.texts_per_call == pytest.approx(8.0)
     assert estimate.calls_for(64, max_batch_size=32) == 8
     assert estimate.calls_for(0, max_batch_size=32) == 0
     assert ThroughputEstimate().calls_for(5, max_batch_size=32) == 5  # nothing seen yet: a call per text
+    # Light traffic's small calls do not count once backlogged batches have been seen.
+    for _ in range(60):
+        estimate.observe(padded_tokens=50, real_tokens=50, seconds=0.1, texts=1)
+    assert estimate.texts_per_call == pytest.approx(8.0)
 
 
 def test_cancelled_request_texts_never_reach_the_model():

@@ -107,11 +107,17 @@ class ThroughputEstimate:
 
     def __init__(self, window: int = 64):
         self._calls: deque[tuple[int, int, float, int]] = deque(maxlen=window)  # (padded, real, seconds, texts)
+        # Texts per call of batches taken while a backlog remained: how a backlog runs. Light traffic's small
+        # calls say nothing about it (counting a burst's backlog in their size over-rejects).
+        self._backlog_texts: deque[int] = deque(maxlen=window)
         self._fitted: tuple[float, float] | None = None
 
-    def observe(self, padded_tokens: int, real_tokens: int, seconds: float, texts: int = 1) -> None:
+    def observe(self, padded_tokens: int, real_tokens: int, seconds: float, texts: int = 1,
+                backlogged: bool = False) -> None:
         if seconds > 0 and padded_tokens > 0:
             self._calls.append((padded_tokens, real_tokens, seconds, max(1, texts)))
+            if backlogged:
+                self._backlog_texts.append(max(1, texts))
             self._fitted = None
 
     @property
@@ -155,7 +161,9 @@ class ThroughputEstimate:
 
     @property
     def texts_per_call(self) -> float:
-        """Mean texts per model call over the calls seen (1 before any)."""
+        """Mean texts per model call of backlogged batches (of all calls seen before one; 1 before any)."""
+        if self._backlog_texts:
+            return sum(self._backlog_texts) / len(self._backlog_texts)
         return sum(c[3] for c in self._calls) / len(self._calls) if self._calls else 1.0
 
     def calls_for(self, texts: int, max_batch_size: int) -> int:
@@ -304,8 +312,9 @@ class DynamicBatcher:
         return self._wait_correction
 
     def _record_wait_error(self, job: Job, started: float) -> None:
-        # Only waits long enough to matter: a short one is mostly batch-fill timing, not the estimate.
-        if job.raw_estimate_s >= 0.5:
+        # Only waits long enough to matter: a short one is mostly batch-fill timing, not the estimate. Relative
+        # to a small budget, or with one of about a second no admitted wait would ever count again.
+        if job.raw_estimate_s >= min(0.5, 0.1 * self.max_queue_wait_s):
             self._wait_errors.append((started - job.enqueued_at) / job.raw_estimate_s)
             if len(self._wait_errors) >= 4:
                 quantile = float(np.quantile(self._wait_errors, WAIT_CORRECTION_QUANTILE))
@@ -440,12 +449,22 @@ class DynamicBatcher:
             longest = widest
         return batch
 
-    def _observe(self, token_ids: list[list[int]], seconds: float) -> None:
+    def _observe(self, token_ids: list[list[int]], seconds: float, model_seconds: float | None = None,
+                 backlogged: bool = False) -> None:
+        """seconds: the call as the queue sees it (hand-off to the model thread and back included), what the
+        wait estimate needs; model_seconds: the model alone, timed in its thread."""
         padded = len(token_ids) * max(len(row) for row in token_ids)
-        self.throughput.observe(padded, sum(len(row) for row in token_ids), seconds, len(token_ids))
-        self._metrics.inference_time.observe(seconds)
+        self.throughput.observe(padded, sum(len(row) for row in token_ids), seconds, len(token_ids), backlogged)
+        model_seconds = seconds if model_seconds is None else model_seconds
+        self._metrics.inference_time.observe(model_seconds)
+        self._metrics.model_seconds.inc(model_seconds)
         self._metrics.batch_size.observe(len(token_ids))
         self._metrics.batch_tokens.observe(padded)
+
+    def _timed_run(self, rows: list[list[int]]) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        vectors = self._run_batch(rows)
+        return vectors, time.perf_counter() - started
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -466,6 +485,7 @@ class DynamicBatcher:
             batch = self._take_batch()
             if not batch:
                 continue
+            backlogged = bool(self._queue) or len(batch) >= self.max_batch_size
             started = time.perf_counter()
             real_tokens = sum(item.tokens for item in batch)
             groups = padding_efficient_groups([item.tokens for item in batch])
@@ -483,7 +503,7 @@ class DynamicBatcher:
                 rows = [item.token_ids for item in items]
                 call_started = time.perf_counter()
                 try:
-                    vectors = await loop.run_in_executor(self._executor, self._run_batch, rows)
+                    vectors, model_seconds = await loop.run_in_executor(self._executor, self._timed_run, rows)
                 except Exception as exc:  # a model failure fails the requests in this call, not the service
                     log.exception("model call failed for a batch of %d texts", len(rows))
                     for job in {item.job for item in items}:
@@ -491,7 +511,7 @@ class DynamicBatcher:
                         if not job.cancelled:
                             self._retire(job, "failed")
                     continue
-                self._observe(rows, time.perf_counter() - call_started)
+                self._observe(rows, time.perf_counter() - call_started, model_seconds, backlogged)
                 self._metrics.texts.inc(len(rows))
                 for item, vector in zip(items, vectors, strict=True):
                     job = item.job

@@ -35,6 +35,11 @@ class ServiceMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.model_seconds = Counter(
+            f"{prefix}_model_seconds",
+            "Seconds the model ran, timed in its own thread (busy share: its rate)",
+            registry=r,
+        )
         self.batch_size = Histogram(f"{prefix}_batch_size", "Texts per model call", buckets=_BATCH_BUCKETS, registry=r)
         self.batch_requests = Histogram(
             f"{prefix}_batch_requests", "Requests merged into one model call", buckets=_BATCH_BUCKETS, registry=r

@@ -15,6 +15,7 @@ from services.common.batcher import (
     WAIT_CORRECTION_QUANTILE,
     DeadlineExceeded,
     DynamicBatcher,
+    Job,
     Overloaded,
     ThroughputEstimate,
     retry_after_for,
@@ -40,6 +41,15 @@ class GatedModel:
         if self.cost_s:
             time.sleep(self.cost_s)
         return np.ones((len(rows), 4), dtype=np.float32)
+
+
+async def _occupied(batcher: DynamicBatcher, model: GatedModel) -> Job:
+    """Start the batcher with its model call held at the gate by one 1-text request; returns that request."""
+    batcher.start()
+    model.gate.clear()
+    blocker = batcher.submit([[1]])
+    await asyncio.sleep(0.05)
+    return blocker
 
 
 def _metric(metrics: ServiceMetrics, name: str, **labels) -> float:
@@ -118,10 +128,7 @@ def test_admission_leaves_room_for_the_requests_own_batch():
         model = GatedModel()
         batcher = DynamicBatcher(model, ServiceMetrics(), max_batch_size=4, max_wait_ms=0, max_queue_wait_ms=1100)
         batcher.throughput.observe(padded_tokens=40, real_tokens=40, seconds=0.2, texts=4)  # 0.2 s per 4 texts
-        batcher.start()
-        model.gate.clear()
-        batcher.submit([[1] * 10] * 4)
-        await asyncio.sleep(0.05)
+        await _occupied(batcher, model)
         batcher._running_until = None  # the running call's rest out of the sum: only the queue counts
         assert batcher.own_batch_s() == pytest.approx(0.2)
         for _ in range(4):
@@ -148,10 +155,7 @@ def test_a_batch_takes_whole_requests_so_none_waits_for_two_batches():
     async def scenario():
         model = GatedModel()
         batcher = DynamicBatcher(model, ServiceMetrics(), max_batch_size=12, max_wait_ms=0)
-        batcher.start()
-        model.gate.clear()
-        blocker = batcher.submit([[1]])
-        await asyncio.sleep(0.05)
+        blocker = await _occupied(batcher, model)
         jobs = [batcher.submit([[2, 3]] * 8) for _ in range(3)] + [batcher.submit([[4, 5]] * 20)]
         model.gate.set()
         await batcher.wait(blocker)
@@ -169,10 +173,7 @@ def test_a_request_that_would_overflow_the_token_budget_waits_for_the_next_batch
     async def scenario():
         model = GatedModel()
         batcher = DynamicBatcher(model, ServiceMetrics(), max_batch_size=32, max_batch_tokens=100, max_wait_ms=0)
-        batcher.start()
-        model.gate.clear()
-        blocker = batcher.submit([[1]])
-        await asyncio.sleep(0.05)
+        blocker = await _occupied(batcher, model)
         short = batcher.submit([[2] * 10] * 4)  # 4 x 10 tokens
         wide = batcher.submit([[3] * 5, [3] * 20])  # with the short ones: 6 rows x 20 = 120 > 100 tokens
         model.gate.set()

@@ -111,6 +111,7 @@ class ThroughputEstimate:
         # calls say nothing about it (counting a burst's backlog in their size over-rejects).
         self._backlog_texts: deque[int] = deque(maxlen=window)
         self._fitted: tuple[float, float] | None = None
+        self._totals: tuple[float, float, float, float] | None = None
 
     def observe(self, padded_tokens: int, real_tokens: int, seconds: float, texts: int = 1,
                 backlogged: bool = False) -> None:
@@ -118,7 +119,7 @@ class ThroughputEstimate:
             self._calls.append((padded_tokens, real_tokens, seconds, max(1, texts)))
             if backlogged:
                 self._backlog_texts.append(max(1, texts))
-            self._fitted = None
+            self._fitted = self._totals = None
 
     @property
     def measured(self) -> bool:
@@ -143,28 +144,36 @@ class ThroughputEstimate:
                 return float(y.mean()), 0.0
         return 0.0, float(y.sum() / x.sum())
 
+    def _sums(self) -> tuple[float, float, float, float]:
+        """(padded tokens, real tokens, seconds, texts) over the calls seen; summed once per observation, as
+        admission reads them on every request."""
+        if self._totals is None:
+            columns = zip(*self._calls, strict=True) if self._calls else [()] * 4
+            self._totals = tuple(float(sum(column)) for column in columns)
+        return self._totals
+
     @property
     def padded_tokens_per_s(self) -> float:
         """Throughput of the calls seen (padded tokens over model seconds)."""
-        seconds = sum(c[2] for c in self._calls)
-        return sum(c[0] for c in self._calls) / seconds if seconds else 0.0
+        padded, _, seconds, _ = self._sums()
+        return padded / seconds if seconds else 0.0
 
     @property
     def padding_ratio(self) -> float:
-        real = sum(c[1] for c in self._calls)
-        return sum(c[0] for c in self._calls) / real if real else 1.0
+        padded, real, _, _ = self._sums()
+        return padded / real if real else 1.0
 
     @property
     def real_tokens_per_text(self) -> float:
-        texts = sum(c[3] for c in self._calls)
-        return sum(c[1] for c in self._calls) / texts if texts else 0.0
+        _, real, _, texts = self._sums()
+        return real / texts if texts else 0.0
 
     @property
     def texts_per_call(self) -> float:
         """Mean texts per model call of backlogged batches (of all calls seen before one; 1 before any)."""
         if self._backlog_texts:
             return sum(self._backlog_texts) / len(self._backlog_texts)
-        return sum(c[3] for c in self._calls) / len(self._calls) if self._calls else 1.0
+        return self._sums()[3] / len(self._calls) if self._calls else 1.0
 
     def calls_for(self, texts: int, max_batch_size: int) -> int:
         """Model calls that `texts` queued texts will take, at the texts per call seen lately."""
@@ -333,11 +342,13 @@ class DynamicBatcher:
         """Raise Overloaded when a request admitted now would not be answered within the wait budget: the
         estimated queue wait plus its own batch (before any parsing). A client whose timeout is the budget
         then gets its answer in time, and the batch's margin absorbs some of the estimate's error."""
-        wait = self.estimated_wait_s()
-        if self._queue and wait + self.own_batch_s() > self.max_queue_wait_s:
+        if not self._queue:
+            return
+        wait, own_batch = self.estimated_wait_s(), self.own_batch_s()
+        if wait + own_batch > self.max_queue_wait_s:
             self._metrics.rejected.labels(reason="queue_wait").inc()
             raise Overloaded(
-                f"estimated queue wait {wait:.1f} s plus its batch ({self.own_batch_s():.1f} s) is over the "
+                f"estimated queue wait {wait:.1f} s plus its batch ({own_batch:.1f} s) is over the "
                 f"budget of {self.max_queue_wait_s:.1f} s",
                 retry_after_for(wait),
             )

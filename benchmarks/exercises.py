@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import onnx_runner, torch_encoder
+from runtime import torch_encoder
 from runtime.manifest import Manifest
+from runtime.variants import BY_NAME, VARIANTS
 
 from .inputs import InputCase
 from .recorder import Recorder
@@ -43,9 +44,10 @@ class Context:
         return torch_encoder.load_variant(self.artifacts, self.manifest, variant)
 
 
-#: ONNX variants timed by Ex6, in this order, where the manifest has them
-EX6_VARIANTS = ("onnx_fp32", "onnx_optimized", "onnx_fused", "onnx_int8", "onnx_int8_smooth")
-EX3_VARIANTS = ("torch_int8", "torch_int8_smooth")
+#: from the variant table, where the manifest has them: Ex3 the torch rows below fp32 (int8, SmoothQuant
+#: int8, bf16), Ex6 the rows that run the ONNX graphs (ONNX Runtime and OpenVINO)
+EX3_VARIANTS = tuple(v.name for v in VARIANTS if v.engine == "torch" and v.name != "torch_fp32")
+EX6_VARIANTS = tuple(v.name for v in VARIANTS if v.engine in ("onnxruntime", "openvino"))
 
 
 def planned_measurements(manifest: Manifest, exercises: set[str], cases: int) -> int:
@@ -154,7 +156,7 @@ def ex2_compile(ctx: Context) -> None:
 def ex3_int8(ctx: Context) -> None:
     import torch
 
-    print("Ex3: dynamic int8 quantization (torch.ao quantize_dynamic)", flush=True)
+    print("Ex3: reduced precision torch (dynamic int8, SmoothQuant int8, bf16 weights)", flush=True)
     for variant in EX3_VARIANTS:
         if variant not in ctx.manifest.artifacts:  # older artifact folders lack the SmoothQuant one
             continue
@@ -184,7 +186,8 @@ def _describe_int8(ctx: Context, quantized) -> None:
 
 
 def ex6_onnxruntime(ctx: Context) -> None:
-    print("Ex6: ONNX Runtime online vs offline optimization, fused attention, int8 ONNX", flush=True)
+    print("Ex6: ONNX Runtime online vs offline optimization, fused attention, int8 ONNX; OpenVINO fp32/bf16",
+          flush=True)
     variants = [v for v in EX6_VARIANTS if v in ctx.manifest.artifacts]  # older artifact folders lack some
     short = ctx.cases[0]
     cold = {}
@@ -193,13 +196,15 @@ def ex6_onnxruntime(ctx: Context) -> None:
         samples = []
         for _ in range(min(3, ctx.args.runs)):
             t0 = time.perf_counter()
-            runner = onnx_runner.load_variant(ctx.artifacts, ctx.manifest, variant, threads=ctx.args.threads)
+            runner = BY_NAME[variant].load(ctx.artifacts, ctx.manifest, threads=ctx.args.threads)
             first = runner.run(short.input_ids, short.attention_mask)
             samples.append((time.perf_counter() - t0) * 1000.0)
         cold[variant] = round(float(np.median(samples)), 1)
-        optimized = "with" if onnx_runner.optimize_at_load(variant) else "without"
+        row = BY_NAME[variant]
+        opened = (f"session creation ({'with' if row.optimize_at_load else 'without'} graph optimization)"
+                  if row.engine == "onnxruntime" else "OpenVINO compile_model")
         ctx.recorder.add("ex6", f"{variant}_cold_start", short, summarize(samples), first,
-                         note=f"session creation ({optimized} graph optimization) + first inference")
+                         note=f"{opened} + first inference")
         for case in ctx.cases:
             def call(runner=runner, case=case):
                 return runner.run(case.input_ids, case.attention_mask)

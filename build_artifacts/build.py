@@ -19,8 +19,11 @@ from functools import partial
 from importlib import metadata
 from pathlib import Path
 
+from runtime import measure_here
+from runtime.host import HostCpu, probe_cpu
 from runtime.manifest import MANIFEST_FILE, ArtifactRecord, FileEntry, Manifest, Parity, TokenizerInfo
-from runtime.similarity import PARITY_MIN_COSINE, fidelity_report, service_batches
+from runtime.similarity import PARITY_MIN_COSINE, fidelity_report
+from runtime.variants import VARIANTS, Variant
 
 from .corpus import calibration_sentences, parity_texts, retrieval_texts
 from .model_loading import DEFAULT_MODEL, ModelUnavailableError, read_pooling_spec, resolve_model_dir
@@ -28,7 +31,10 @@ from .recipe import DEFAULT_RECIPE, Recipe
 
 # Sentence-transformers files copied next to the fp32 weights so the folder loads anywhere.
 _ST_FILES = ["modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json"]
-_TOOLS = ["torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy", "safetensors"]
+_TOOLS = ["torch", "transformers", "tokenizers", "onnx", "onnxruntime", "openvino", "numpy", "safetensors"]
+#: texts of the start-up re-check shipped with the artifacts: every RECHECK_STRIDE-th text of the retrieval corpus
+RECHECK_STRIDE = 4
+SPEED_ONE_TEXT = "How do I reset my password on this website?"
 
 
 class BuildError(RuntimeError):
@@ -71,15 +77,21 @@ def check_destination(out: Path, model_dir: Path, force: bool) -> None:
 
 
 def embed_in_service_batches(run, tokenizer, texts: list[str], recipe: Recipe = DEFAULT_RECIPE):
-    """Embeddings in text order, computed in the groups a service forms (runtime.similarity.service_batches):
-    mixed lengths and batch mates, as dynamic int8 meets them when served."""
+    """Embeddings in text order, computed in the groups a service forms (runtime.measure_here)."""
+    return measure_here.embed_in_service_batches(run, tokenizer, texts, recipe.service_batch, recipe.service_window)
+
+
+def embed_length_sorted(run, tokenizer, texts: list[str], batch: int = 32):
+    """fp32 reference embeddings in length-sorted batches: fp32 output does not depend on batch mates (padding
+    is masked), so the reference pads little; the variants are measured in service batches."""
     import numpy as np
 
-    groups = service_batches(tokenizer.count_tokens(texts), recipe.service_batch, recipe.service_window)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = None
-    for group in groups:
-        batch = tokenizer.encode([texts[i] for i in group])
-        vectors = run(batch.input_ids, batch.attention_mask)
+    for start in range(0, len(order), batch):
+        group = order[start : start + batch]
+        encoded = tokenizer.encode([texts[i] for i in group])
+        vectors = run(encoded.input_ids, encoded.attention_mask)
         if out is None:
             out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
         out[group] = vectors
@@ -131,6 +143,7 @@ class BuildState:
     encoder: object = None  # fp32 SentenceEncoder
     reference: object = None  # fp32 embeddings of the retrieval texts (parity texts first)
     dimension: int = 0
+    host: HostCpu = field(default_factory=probe_cpu)
 
     @property
     def onnx_dir(self) -> Path:
@@ -141,29 +154,32 @@ class BuildState:
         batches = [texts[i : i + size] for i in range(0, len(texts), size)]
         return ((b.input_ids, b.attention_mask) for b in map(self.tokenizer.encode, batches))
 
-    def parity(self, run) -> Parity:
-        embeddings = embed_in_service_batches(run, self.tokenizer, self.retrieval, self.recipe)
-        return Parity.from_dict(fidelity_report(embeddings, self.reference, len(self.texts),
+    def parity(self, run, exact: bool = False) -> Parity:
+        """The gate on this variant: an exact rewrite of the fp32 graph on the parity texts (a wrong rewrite
+        shows there at once), an approximation on the whole retrieval corpus; both in service batches."""
+        texts = self.texts if exact else self.retrieval
+        embeddings = embed_in_service_batches(run, self.tokenizer, texts, self.recipe)
+        return Parity.from_dict(fidelity_report(embeddings, self.reference[: len(texts)], len(self.texts),
                                                 min_top10=self.recipe.min_top10_agreement))
 
-    def record_torch(self, variant: str, rel_path: str, precision: str, notes: str, **extra) -> str:
-        """Reload what was saved through the runtime's loader (proves it loads), embed the parity texts, record it."""
-        from runtime import torch_encoder
+    def speed(self, run) -> dict:
+        texts = list(calibration_sentences())[: measure_here.SPEED_BATCH_TEXTS]
+        return {**measure_here.service_speed(run, self.tokenizer, texts, SPEED_ONE_TEXT),
+                "threads": self.threads or os.cpu_count()}
 
-        model = torch_encoder.LOADERS[variant](self.staging / rel_path, self.pooling)
-        parity = self.parity(lambda i, m: torch_encoder.embed(model, i, m))
-        return self._record(variant, rel_path, "torch", precision, parity, notes, extra)
-
-    def record_onnx(self, variant: str, rel_path: str, precision: str, notes: str, **extra) -> str:
-        from runtime.onnx_runner import OnnxSentenceRunner, optimize_at_load
-
-        runner = OnnxSentenceRunner(self.staging / rel_path, threads=self.threads, optimize=optimize_at_load(variant))
-        return self._record(variant, rel_path, "onnx", precision, self.parity(runner.run), notes, extra)
-
-    def _record(self, variant, rel_path, runtime, precision, parity, notes, extra) -> str:
-        self.artifacts[variant] = ArtifactRecord.describe(self.staging, rel_path, runtime, precision, parity, notes,
-                                                          **extra)
-        return parity.describe()
+    def record(self, row: Variant, notes: str, **extra) -> str:
+        """Reload what was saved through the variant's own loader (proves it loads), measure its fidelity and
+        its speed on service-shaped batches on this CPU, record it."""
+        runner = row.load_path(self.staging / row.path, self.pooling, self.threads)
+        parity = self.parity(runner.run, row.exact)
+        speed = self.speed(runner.run)
+        del runner
+        runtime = {"onnxruntime": "onnx"}.get(row.engine, row.engine)
+        self.artifacts[row.name] = ArtifactRecord.describe(self.staging, row.path, runtime, row.precision, parity,
+                                                           notes, speed=speed, measured_on=self.host.to_dict(),
+                                                           **extra)
+        return f"{parity.describe()}; {speed['texts_per_s']:.1f} texts/s at {speed['batch_texts']}, " \
+               f"{speed['one_text_ms']:.1f} ms for one"
 
 
 def load_reference(state: BuildState) -> str:
@@ -180,14 +196,31 @@ def load_reference(state: BuildState) -> str:
     state.hf_tokenizer = hf_tokenizer
     state.tokenizer = TextTokenizer(state.staging / "tokenizer" / "tokenizer.json", pooling.max_seq_length)
     assert state.retrieval[: len(state.texts)] == state.texts, "the retrieval corpus starts with the parity texts"
-    state.reference = embed_in_service_batches(lambda i, m: torch_encoder.embed(state.encoder, i, m),
-                                               state.tokenizer, state.retrieval, state.recipe)
+    state.reference = embed_length_sorted(lambda i, m: torch_encoder.embed(state.encoder, i, m), state.tokenizer,
+                                          state.retrieval)
     state.dimension = int(state.reference.shape[1])
-    return (f"{pooling.mode} pooling, normalize={pooling.normalize}, dim={state.dimension}, "
-            f"max {pooling.max_seq_length} tokens")
+    write_check_files(state)
+    return (f"{len(state.retrieval)} texts; {pooling.mode} pooling, normalize={pooling.normalize}, "
+            f"dim={state.dimension}, max {pooling.max_seq_length} tokens")
 
 
-def torch_fp32(state: BuildState) -> str:
+def write_check_files(state: BuildState) -> None:
+    """What a service on another CPU re-checks a variant against: a sample of the retrieval corpus and its fp32
+    vectors, plus the texts the speed figures are timed on."""
+    import json
+
+    import numpy as np
+
+    picks = list(range(0, len(state.retrieval), RECHECK_STRIDE))
+    texts = {"recheck": [state.retrieval[i] for i in picks], "speed_one": SPEED_ONE_TEXT,
+             "speed_batch": list(calibration_sentences())[: measure_here.SPEED_BATCH_TEXTS]}
+    folder = state.staging / "fidelity"
+    folder.mkdir()
+    (state.staging / measure_here.CHECK_TEXTS_FILE).write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+    np.save(state.staging / measure_here.CHECK_VECTORS_FILE, state.reference[picks].astype(np.float32))
+
+
+def torch_fp32(state: BuildState, row: Variant) -> str:
     fp32_dir = state.staging / "fp32"
     state.encoder.transformer.save_pretrained(str(fp32_dir), safe_serialization=True)
     state.hf_tokenizer.save_pretrained(str(fp32_dir))
@@ -195,12 +228,11 @@ def torch_fp32(state: BuildState) -> str:
         if (state.model_dir / rel).is_file():
             (fp32_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(state.model_dir / rel, fp32_dir / rel)
-    return state.record_torch(
-        "torch_fp32", "fp32", "fp32",
-        "Hugging Face folder (safetensors); load with AutoModel, eval(), inference_mode(), optional torch.compile.")
+    return state.record(
+        row, "Hugging Face folder (safetensors); load with AutoModel, eval(), inference_mode(), optional compile.")
 
 
-def torch_int8(state: BuildState) -> str:
+def torch_int8(state: BuildState, row: Variant) -> str:
     from runtime import torch_encoder
 
     from . import torch_steps
@@ -208,12 +240,11 @@ def torch_int8(state: BuildState) -> str:
     quantized = torch_encoder.quantize_dynamic_int8(torch_encoder.load_fp32(state.model_dir, state.pooling))
     torch_steps.save_quantized(quantized, state.staging / "torch_int8", state.model_dir)
     del quantized
-    return state.record_torch(
-        "torch_int8", "torch_int8", "int8-dynamic",
-        "state_dict of the quantized encoder; load with torch.load(weights_only=True) into a quantized skeleton.")
+    return state.record(
+        row, "state_dict of the quantized encoder; load with torch.load(weights_only=True) into a quantized skeleton.")
 
 
-def torch_int8_smooth(state: BuildState) -> str:
+def torch_int8_smooth(state: BuildState, row: Variant) -> str:
     from runtime import torch_encoder
 
     from . import torch_steps
@@ -224,26 +255,24 @@ def torch_int8_smooth(state: BuildState) -> str:
                                                      r.torch_keep_fp32_modules)
     torch_steps.save_smooth(smooth, recipe, state.staging / "torch_int8_smooth", state.model_dir)
     del smooth
-    return state.record_torch(
-        "torch_int8_smooth", "torch_int8_smooth", "int8-dynamic-smoothquant",
-        f"SmoothQuant alpha {recipe['alpha']} on {len(recipe['smoothed_modules'])} Linear layers "
+    return state.record(
+        row, f"SmoothQuant alpha {recipe['alpha']} on {len(recipe['smoothed_modules'])} Linear layers "
         f"(qint8 per-channel weights), {recipe['kept_fp32']} FFN output layers fp32; state_dict loaded "
         "with torch.load(weights_only=True) into a rebuilt skeleton (quantization.json lists the layers).",
         recipe={k: v for k, v in recipe.items() if k != "smoothed_modules"})
 
 
-def onnx_fp32(state: BuildState) -> str:
+def onnx_fp32(state: BuildState, row: Variant) -> str:
     from . import torch_steps
 
     state.onnx_dir.mkdir()
     sample = state.tokenizer.encode(state.texts[:2])
     torch_steps.export_onnx(state.encoder, sample.input_ids, sample.attention_mask, state.onnx_dir / "model.onnx",
                             state.recipe.onnx_opset)
-    return state.record_onnx("onnx_fp32", "onnx/model.onnx", "fp32",
-                             "Plain export; ONNX Runtime optimizes it online at session creation.")
+    return state.record(row, "Plain export; ONNX Runtime optimizes it online at session creation.")
 
 
-def onnx_optimized(state: BuildState) -> str:
+def onnx_optimized(state: BuildState, row: Variant) -> str:
     import onnxruntime as ort
 
     from runtime.onnx_runner import session_options
@@ -254,12 +283,11 @@ def onnx_optimized(state: BuildState) -> str:
                                      optimized_model_path=state.onnx_dir / "model.optimized.onnx"),
         providers=["CPUExecutionProvider"],
     )
-    return state.record_onnx(
-        "onnx_optimized", "onnx/model.optimized.onnx", "fp32",
-        "Saved after ORT_ENABLE_EXTENDED optimization on CPUExecutionProvider; load with optimizations off.")
+    return state.record(
+        row, "Saved after ORT_ENABLE_EXTENDED optimization on CPUExecutionProvider; load with optimizations off.")
 
 
-def onnx_fused(state: BuildState) -> str:
+def onnx_fused(state: BuildState, row: Variant) -> str:
     from . import attention_fusion
 
     try:
@@ -268,16 +296,15 @@ def onnx_fused(state: BuildState) -> str:
         state.fusion = {"fused_attention_blocks": 0, "reason": str(exc)}
         return f"not fused: {exc}"
     state.fusion = fusion
-    parity = state.record_onnx(
-        "onnx_fused", "onnx/model.fused.onnx", "fp32",
-        f"{fusion['fused_attention_blocks']} attention blocks fused into {fusion['op']} (packed QKV MatMul, "
+    parity = state.record(
+        row, f"{fusion['fused_attention_blocks']} attention blocks fused into {fusion['op']} (packed QKV MatMul, "
         "position bias as attention_bias); ONNX Runtime only; optimized online at session creation.",
         fusion=fusion)
     return (f"{fusion['fused_attention_blocks']} blocks, {fusion['nodes_before']} -> {fusion['nodes_after']} nodes; "
             f"{parity}")
 
 
-def onnx_int8(state: BuildState) -> str:
+def onnx_int8(state: BuildState, row: Variant) -> str:
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -285,11 +312,10 @@ def onnx_int8(state: BuildState) -> str:
     logging.getLogger().setLevel(logging.ERROR)  # ORT's "consider pre-processing" hint on the root logger
     quantize_dynamic(str(state.onnx_dir / "model.onnx"), str(state.onnx_dir / "model.int8.onnx"),
                      weight_type=QuantType.QInt8, per_channel=True)
-    return state.record_onnx("onnx_int8", "onnx/model.int8.onnx", "int8-dynamic",
-                             "Dynamic int8 MatMul weights (per-channel), activations quantized per batch at run time.")
+    return state.record(row, "Dynamic int8 MatMul weights (per-channel), activations quantized per batch at run time.")
 
 
-def onnx_int8_smooth(state: BuildState) -> str:
+def onnx_int8_smooth(state: BuildState, row: Variant) -> str:
     from runtime.onnx_runner import OnnxSentenceRunner
 
     from .int8_smooth import build_smooth_int8, collect_activation_max
@@ -327,14 +353,25 @@ def onnx_int8_smooth(state: BuildState) -> str:
     recipe["calibration_texts"] = len(calibration_sentences())
     if tried:
         recipe["outlier_channels_tried_on_calibration_texts"] = {str(k): v for k, v in tried.items()}
-    return state.record_onnx(
-        "onnx_int8_smooth", "onnx/model.int8_smooth.onnx", "int8-dynamic-smoothquant",
-        f"Linear layers int8 ({recipe['weights']}; {recipe['activations']}): SmoothQuant alpha "
+    return state.record(
+        row, f"Linear layers int8 ({recipe['weights']}; {recipe['activations']}): SmoothQuant alpha "
         f"{recipe['alpha']} on {recipe['smoothed']}, {recipe['outlier_split_layers']} FFN output layers with their "
         f"{recipe['outlier_channels']} largest input channels split off in fp32, {recipe['fp32_layers']} left "
         f"fp32; built from {source.name} "
         f"({recipe['fused_attention_blocks']} fused attention blocks).",
         recipe=recipe)
+
+
+def torch_bf16(state: BuildState, row: Variant) -> str:
+    """No files of its own: the fp32 folder, cast to bfloat16 when it loads."""
+    return state.record(row, "The fp32 folder cast to bfloat16 at load (runtime.torch_encoder.load_bf16); oneDNN "
+                             "runs its matmuls on AVX512-BF16 or AMX-BF16.")
+
+
+def openvino_variant(state: BuildState, row: Variant) -> str:
+    """No files of its own: OpenVINO compiles the plain ONNX export at load, at the row's precision."""
+    return state.record(row, f"OpenVINO reads onnx/model.onnx and compiles it at load with inference precision "
+                             f"{row.precision} (runtime.openvino_runner).")
 
 
 def manifest_of(state: BuildState) -> Manifest:
@@ -352,7 +389,7 @@ def manifest_of(state: BuildState) -> Manifest:
                                    tuple(FileEntry.describe(state.staging, f) for f in tokenizer_files)).to_dict(),
         "tools": tool_versions(),
         "build": {"threads": state.threads or os.cpu_count(), "onnx_opset": state.recipe.onnx_opset,
-                  "machine": platform.machine(), "recipe": state.recipe.to_dict()},
+                  "machine": platform.machine(), "host": state.host.to_dict(), "recipe": state.recipe.to_dict()},
         "parity": {
             "reference": "fp32 PyTorch eager (the source weights), pooled and normalized",
             "texts": len(state.texts),
@@ -365,40 +402,45 @@ def manifest_of(state: BuildState) -> Manifest:
                     "agreement on the retrieval texts >= min_top10_agreement",
             "min_cosine_threshold": PARITY_MIN_COSINE,
             "min_top10_agreement": state.recipe.min_top10_agreement,
+            "exact_variants": "rewrites of the fp32 graph (export, offline optimization, fusion, another fp32 "
+                              "engine) are measured on the parity texts only; approximations on the retrieval corpus",
+            "check": {"texts": measure_here.CHECK_TEXTS_FILE, "vectors": measure_here.CHECK_VECTORS_FILE,
+                      "recheck_texts": len(range(0, len(state.retrieval), RECHECK_STRIDE)),
+                      "files": [FileEntry.describe(state.staging, f).to_dict()
+                                for f in (measure_here.CHECK_TEXTS_FILE, measure_here.CHECK_VECTORS_FILE)]},
         },
         "artifacts": {name: record.to_dict() for name, record in state.artifacts.items()},
     })
 
 
-#: (progress label, step): one step per variant, in build order (later steps read earlier files)
-STEPS = (
-    ("loading {model} (fp32)", load_reference),
-    ("saving compile-ready fp32 weights (safetensors)", torch_fp32),
-    ("dynamic int8 quantization (torch.ao quantize_dynamic, nn.Linear, qint8)", torch_int8),
-    ("SmoothQuant int8 torch (calibrated on other sentences; FFN output layers kept fp32)", torch_int8_smooth),
-    ("exporting ONNX (opset {opset}, dynamic batch and sequence axes)", onnx_fp32),
-    ("ONNX Runtime offline optimization (optimized_model_filepath)", onnx_optimized),
-    ("fusing self-attention into com.microsoft.MultiHeadAttention (relative position bias kept)", onnx_fused),
-    ("int8 ONNX (onnxruntime.quantization.quantize_dynamic, QInt8 per-channel weights)", onnx_int8),
-    ("SmoothQuant int8 ONNX (calibrated on other sentences; FFN outlier channels split off in fp32)", onnx_int8_smooth),
-)
+#: every variant's build step, by the name its table row gives (runtime.variants.Variant.build_step)
+BUILD_STEPS = {f.__name__: f for f in (torch_fp32, torch_bf16, torch_int8, torch_int8_smooth, onnx_fp32,
+                                        onnx_optimized, onnx_fused, onnx_int8, onnx_int8_smooth, openvino_variant)}
+#: rows built even where this CPU lacks what they need to be served: the lab measures dynamic int8 everywhere
+BUILT_ANYWHERE = frozenset({"torch_int8", "torch_int8_smooth", "onnx_int8", "onnx_int8_smooth"})
 
 
 def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None, recipe: Recipe) -> Manifest:
     from runtime import torch_encoder
 
-    progress = Progress(total=len(STEPS) + 1)
+    rows = [row for row in VARIANTS if "cpu" in row.devices]
+    progress = Progress(total=len(rows) + 2)
     torch_encoder.quiet_libraries()
     torch_encoder.set_threads(threads)
     state = BuildState(model, model_dir, staging, threads, recipe)
-    for label, step in STEPS:
-        progress.begin(label.format(model=model, opset=recipe.onnx_opset))
-        progress.end(step(state))
+    progress.begin(f"loading {model} and embedding the fidelity corpus with the fp32 reference (torch eager)")
+    progress.end(load_reference(state))
+    for row in rows:
+        progress.begin(f"{row.name}: {row.label}")
+        if not state.host.has_any(row.needs_any) and row.name not in BUILT_ANYWHERE:
+            progress.end(f"skipped: this CPU has none of {', '.join(row.needs_any)}")
+            continue
+        progress.end(BUILD_STEPS[row.build_step](state, row))
     progress.begin("writing manifest.json")
     manifest = manifest_of(state)
     manifest.write(staging)
     failing = manifest.failing()
-    progress.end(f"failing parity: {', '.join(failing) if failing else 'none'}")
+    progress.end(f"failing the gate: {', '.join(failing) if failing else 'none'}")
     return manifest
 
 

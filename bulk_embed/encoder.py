@@ -1,7 +1,7 @@
 """Texts -> sentence vectors with one ONNX variant of a built artifact folder, through `runtime` only (no torch).
 
-The variant is chosen as the ONNX service chooses it (`auto`: the fastest that passes parity), and a
-variant that fails parity is refused: the manifest's parity gate, as in the services.
+The variant is chosen as the ONNX service chooses it (`auto`: the fastest that passes the gate on this CPU,
+runtime.selection), and a variant that fails the gate is refused, as in the services.
 """
 
 from __future__ import annotations
@@ -10,34 +10,26 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import onnx_runner
 from runtime.manifest import ArtifactError, Manifest
+from runtime.measure_here import HostMeasurements
 from runtime.pooling import normalize_rows
+from runtime.selection import choose
 from runtime.tokenization import TextTokenizer
+from runtime.variants import variant as variant_row
 
-#: `auto` takes the first of these that passes parity: the ONNX service's order (services/onnx_api/embedder.py,
-#: OnnxEmbedder.variants_fastest_first; a test keeps the two equal), so a corpus gets the service's vectors.
-AUTO_ORDER = ("onnx_int8", "onnx_int8_smooth", "onnx_optimized", "onnx_fused")
-WHO = "bulk_embed (ONNX Runtime)"
+SERVICE = "bulk_embed"
 
 
-def select_variant(manifest: Manifest, requested: str = "auto") -> str:
-    """The variant to run (raises ArtifactError with one line: unknown, not built, or failing parity)."""
-    if requested == "auto":
-        return manifest.select_variant(AUTO_ORDER, "auto", WHO)
-    if requested not in onnx_runner.ONNX_VARIANTS:
-        raise ArtifactError(f"--variant {requested}: not an ONNX variant (choose from: auto, "
-                            f"{', '.join(onnx_runner.ONNX_VARIANTS)})")
-    if requested not in manifest.artifacts:
-        raise ArtifactError(f"--variant {requested}: not built in this artifact folder "
-                            f"(have: {', '.join(manifest.artifacts)})")
-    parity = manifest.artifacts[requested].parity
-    if not parity.passes_parity:
-        passing = [v for v in manifest.passing() if v in onnx_runner.ONNX_VARIANTS]
-        raise ArtifactError(f"--variant {requested} fails parity (min cosine {parity.min_cosine:.4f} < "
-                            f"{parity.threshold} against fp32): refused; passing ONNX variants: "
-                            f"{', '.join(passing) or 'none'}")
-    return requested
+def select_variant(manifest: Manifest, requested: str = "auto", artifacts_dir: Path | None = None,
+                   threads: int | None = None) -> str:
+    """The variant to run, chosen as the ONNX service chooses (runtime.selection: the fastest that passes the
+    gate on this CPU); raises ArtifactError with one line: unknown, not built, failing the gate, or refused."""
+    here = HostMeasurements(artifacts_dir, manifest, threads) if artifacts_dir is not None else None
+    try:
+        return choose(manifest, SERVICE, requested, recheck=here.recheck if here else None,
+                      time_here=here.time_here if here else None).variant
+    except ArtifactError as exc:
+        raise ArtifactError(f"--variant {requested}: {exc}") from None
 
 
 def public_model_name(source: str) -> str:
@@ -52,12 +44,12 @@ class Encoder:
     def __init__(self, artifacts_dir: Path, variant: str = "auto", threads: int | None = None):
         self.artifacts_dir = Path(artifacts_dir)
         self.manifest = Manifest.load(self.artifacts_dir)
-        self.variant = select_variant(self.manifest, variant)
+        self.variant = select_variant(self.manifest, variant, self.artifacts_dir, threads)
         model = self.manifest.model
         self.model_id, self.dimension = model.source, model.dimension
         self.max_tokens, self.normalize = model.max_seq_length, model.normalize
         self.tokenizer = TextTokenizer(self.artifacts_dir / self.manifest.tokenizer.path, self.max_tokens)
-        self.runner = onnx_runner.load_variant(self.artifacts_dir, self.manifest, self.variant, threads)
+        self.runner = variant_row(self.variant).load(self.artifacts_dir, self.manifest, threads)
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text, not truncated."""

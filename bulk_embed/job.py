@@ -118,7 +118,7 @@ def run(config: JobConfig, log=print) -> dict:
     artifacts = Path(config.artifacts).resolve()
     out_dir = Path(config.output).resolve()
     manifest = Manifest.load(artifacts)
-    variant = select_variant(manifest, config.variant)
+    variant = select_variant(manifest, config.variant, artifacts, config.threads_per_worker)
     manifest.verify(artifacts, variant)  # sha256 of the variant and tokenizer, once, in the driver
 
     input_path = Path(config.input).resolve()

@@ -2,7 +2,7 @@
 
 Typed: `Manifest.load(folder)` reads the JSON into dataclasses; `to_dict()` writes the same JSON back
 (format_version 1; keys a reader does not know are kept in `extra`, so older and newer folders load).
-The parity policy lives here too: which variants pass, and which one to serve.
+Which variant to serve is chosen in `runtime.selection` from these figures.
 """
 
 from __future__ import annotations
@@ -124,9 +124,13 @@ class ArtifactRecord:
     notes: str = ""
     recipe: dict | None = None  # quantization recipe actually applied (SmoothQuant variants)
     fusion: dict | None = None  # attention fusion counts (onnx_fused)
+    #: service-shaped timing at build: {"texts_per_s", "batch_ms", "batch_texts", "one_text_ms", "threads"}
+    speed: dict | None = None
+    measured_on: dict | None = None  # the CPU (runtime.host.HostCpu) parity and speed were measured on
     extra: dict = field(default_factory=dict)
 
-    _ORDER = ("runtime", "precision", "path", "bytes", "files", "parity", "notes", "recipe", "fusion")
+    _ORDER = ("runtime", "precision", "path", "bytes", "files", "parity", "speed", "measured_on", "notes", "recipe",
+              "fusion")
 
     @classmethod
     def from_dict(cls, data: dict) -> ArtifactRecord:
@@ -264,32 +268,13 @@ class Manifest:
         for entry in self.tokenizer.files:
             entry.verify(artifacts_dir)
 
-    # ---- parity policy ----
+    # ---- the gate's verdicts (which variant to serve: runtime.selection) ----
     def passing(self) -> list[str]:
-        """Variants that pass parity, in manifest order."""
+        """Variants that pass the gate, in manifest order."""
         return [name for name, record in self.artifacts.items() if record.parity.passes_parity]
 
     def failing(self) -> list[str]:
         return [name for name, record in self.artifacts.items() if not record.parity.passes_parity]
-
-    def select_variant(self, candidates: tuple[str, ...], requested: str = "auto", who: str = "this runtime") -> str:
-        """The requested variant if it is a candidate, built and passing parity; with "auto", the first
-        candidate (fastest first) that passes. A variant that fails parity is never chosen."""
-        if requested != "auto":
-            if requested not in candidates:
-                raise ArtifactError(f"Variant '{requested}' is not served by {who} "
-                                    f"(choose from: auto, {', '.join(candidates)}).")
-            if requested not in self.artifacts:
-                raise ArtifactError(f"Variant '{requested}' is not in the manifest.")
-            parity = self.artifacts[requested].parity
-            if not parity.passes_parity:
-                raise ArtifactError(f"Variant '{requested}' fails parity ({parity.why_failing() or 'marked failing'}):"
-                                    " refusing to serve it.")
-            return requested
-        for name in candidates:
-            if name in self.artifacts and self.artifacts[name].parity.passes_parity:
-                return name
-        raise ArtifactError(f"No {who} variant passes parity.")
 
 
 def load_manifest(artifacts_dir: Path) -> Manifest:

@@ -37,27 +37,17 @@ class OnnxSentenceRunner:
         )
         self._input_names = {i.name for i in self.session.get_inputs()}
 
+    def describe(self) -> dict:
+        return {"providers": self.session.get_providers()}
+
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
         feeds = {k: v for k, v in feeds.items() if k in self._input_names}
         return self.session.run(["sentence_embedding"], feeds)[0]
 
 
-#: saved after ONNX Runtime's offline optimization: load with optimizations off (the work was done at build time)
-PREOPTIMIZED_VARIANTS = frozenset({"onnx_optimized"})
-ONNX_VARIANTS = ("onnx_fp32", "onnx_optimized", "onnx_fused", "onnx_int8", "onnx_int8_smooth")
-
-
-def optimize_at_load(variant: str) -> bool:
-    return variant not in PREOPTIMIZED_VARIANTS
-
-
-def load_variant(artifacts_dir: Path, manifest, variant: str, threads: int | None = None,
-                 providers: list | None = None) -> OnnxSentenceRunner:
-    """The runner of one ONNX variant of a built artifact folder, via its manifest record."""
-    from .manifest import ArtifactError
-
-    if variant not in ONNX_VARIANTS:
-        raise ArtifactError(f"'{variant}' is not an ONNX variant (have: {', '.join(ONNX_VARIANTS)}).")
-    return OnnxSentenceRunner(manifest.path_of(artifacts_dir, variant), threads=threads,
-                              optimize=optimize_at_load(variant), providers=providers)
+def open_runner(row, path: Path, pooling=None, threads: int | None = None, device: str = "cpu") -> OnnxSentenceRunner:
+    """The table's loader for ONNX Runtime rows (runtime.variants.Variant.loader); device cuda: the CUDA
+    provider first, the CPU provider as the fallback for ops without a CUDA kernel."""
+    providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"] if device == "cuda" else None
+    return OnnxSentenceRunner(path, threads=threads, optimize=row.optimize_at_load, providers=providers)

@@ -1,4 +1,4 @@
-"""The torch encoder of a built artifact: fp32 weights, dynamic int8 and SmoothQuant int8 loaders.
+"""The torch encoder of a built artifact: fp32, bf16, dynamic int8 and SmoothQuant int8 loaders.
 
 torch and transformers are imported inside the functions, so importing this module costs nothing.
 """
@@ -82,12 +82,40 @@ def load_int8_smooth(folder: Path, pooling: PoolingSpec):
     return load_quantized_state(smoothquant.quantize_smoothed(skeleton, names), Path(folder))
 
 
-#: the manifest's torch variants and how each loads
-LOADERS = {"torch_fp32": load_fp32, "torch_int8": load_int8, "torch_int8_smooth": load_int8_smooth}
+def load_bf16(folder: Path, pooling: PoolingSpec):
+    """The fp32 weights cast to bfloat16: oneDNN runs the matmuls on AVX512-BF16 or AMX where the CPU has them."""
+    import torch
+
+    return load_fp32(folder, pooling).to(torch.bfloat16)
+
+
+#: loader per torch variant (the variant table, runtime.variants, names the rows)
+LOADERS = {"torch_fp32": load_fp32, "torch_bf16": load_bf16, "torch_int8": load_int8,
+           "torch_int8_smooth": load_int8_smooth}
+
+
+class TorchRunner:
+    """One torch variant in eval mode: `.run(ids, mask)` -> pooled float32 vectors; `.encoder` is the module."""
+
+    def __init__(self, encoder, device: str = "cpu"):
+        self.encoder, self.device = encoder, device
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return embed(self.encoder, input_ids, attention_mask, self.device)
+
+    def describe(self) -> dict:
+        return {}
+
+
+def open_runner(row, path: Path, pooling: PoolingSpec, threads: int | None = None, device: str = "cpu") -> TorchRunner:
+    """The table's loader for torch rows (runtime.variants.Variant.loader)."""
+    quiet_libraries()
+    set_threads(threads)
+    return TorchRunner(LOADERS[row.name](path, pooling).to(device), device)
 
 
 def load_variant(artifacts_dir: Path, manifest, variant: str):
-    """The encoder of one torch variant of a built artifact folder (eval mode), via its manifest record."""
+    """The encoder (nn.Module, eval mode) of one torch variant of a built artifact folder."""
     from .manifest import ArtifactError
 
     if variant not in LOADERS:
@@ -95,8 +123,9 @@ def load_variant(artifacts_dir: Path, manifest, variant: str):
     return LOADERS[variant](manifest.path_of(artifacts_dir, variant), manifest.model.pooling_spec)
 
 
-def embed(encoder, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+def embed(encoder, input_ids: np.ndarray, attention_mask: np.ndarray, device: str = "cpu") -> np.ndarray:
     import torch
 
+    ids, mask = torch.from_numpy(input_ids).to(device), torch.from_numpy(attention_mask).to(device)
     with torch.inference_mode():
-        return encoder(torch.from_numpy(input_ids), torch.from_numpy(attention_mask)).float().numpy()
+        return encoder(ids, mask).float().cpu().numpy()

@@ -1,4 +1,4 @@
-from services.common.embedder import padding_efficient_groups
+from runtime.batching import padding_efficient_groups
 
 
 def test_one_long_text_does_not_pad_the_short_ones():

@@ -22,7 +22,6 @@ import pytest
 
 from bulk_embed import inputs, output
 from bulk_embed.cli import main as cli_main
-from bulk_embed.encoder import AUTO_ORDER
 
 from .conftest import REPO
 
@@ -155,10 +154,11 @@ def test_output_folder_resume_rules(tmp_path):
     assert output.remove_temporaries(out) == 1 and not stale.exists()
 
 
-def test_auto_variant_order_is_the_onnx_services():
+def test_bulk_embed_runs_the_onnx_services_variants():
+    from runtime.variants import SERVICE_ENGINES
     from services.onnx_api.embedder import OnnxEmbedder
 
-    assert AUTO_ORDER == OnnxEmbedder.variants_fastest_first
+    assert SERVICE_ENGINES["bulk_embed"] == SERVICE_ENGINES[OnnxEmbedder.service]
 
 
 def test_worker_import_closure_has_no_torch_and_no_services():
@@ -199,10 +199,9 @@ def fake_artifacts(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--variant", "onnx_int8"], "--variant onnx_int8 fails parity (min cosine 0.5000 < 0.99 against fp32): "
-                                 "refused; passing ONNX variants: onnx_optimized"),
-    (["--variant", "torch_int8"], "--variant torch_int8: not an ONNX variant"),
-    (["--variant", "onnx_fused"], "--variant onnx_fused: not built in this artifact folder"),
+    (["--variant", "onnx_int8"], "--variant onnx_int8: Variant 'onnx_int8' cannot be served here: "),
+    (["--variant", "torch_int8"], "--variant torch_int8: Variant 'torch_int8' is not served by bulk_embed"),
+    (["--variant", "onnx_fused"], "--variant onnx_fused: Variant 'onnx_fused' cannot be served here: not built"),
     (["--text-column", "body"], "no column 'body' in the header"),
     (["--input", "MISSING"], "no such file or folder"),
 ])

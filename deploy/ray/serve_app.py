@@ -39,7 +39,7 @@ log = logging.getLogger("embedding_service")  # the service's logger (Serve quie
 
 # service -> (module, settings class, embedder class, packages /info reports)
 SERVICES = {
-    "onnx": ("services.onnx_api.embedder", "OnnxSettings", "OnnxEmbedder", ("onnxruntime",)),
+    "onnx": ("services.onnx_api.embedder", "OnnxSettings", "OnnxEmbedder", ("onnxruntime", "openvino")),
     "torch": ("services.torch_api.embedder", "TorchSettings", "TorchEmbedder", ("torch", "transformers")),
 }
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.batching import padding_efficient_groups
+
 from .metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -67,31 +69,6 @@ def retry_after_for(wait_s: float) -> int:
     clients come back a few times per backlog rather than every second.
     """
     return max(1, math.ceil(wait_s / 2))
-
-
-def padding_efficient_groups(
-    lengths: list[int], max_padding: float = 0.3, overhead_tokens: int = 16
-) -> list[list[int]]:
-    """Indices grouped by length so that padded tokens exceed real ones by at most `max_padding`.
-
-    `overhead_tokens` stands for the fixed cost of one model call, so tiny groups are not split off.
-    One 230-token paragraph among 15 short sentences would otherwise make every row cost 230 tokens.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for index in order:
-        length = lengths[index]
-        padded = (len(current) + 1) * length
-        if current and padded > (1 + max_padding) * (real + length) + overhead_tokens:
-            groups.append(current)
-            current, real = [], 0
-        current.append(index)
-        real += length
-    if current:
-        groups.append(current)
-    return groups
 
 
 class ThroughputEstimate:

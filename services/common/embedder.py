@@ -7,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.batching import padding_efficient_groups
 from runtime.manifest import ArtifactError, Manifest
+from runtime.measure_here import HostMeasurements
 from runtime.pooling import normalize_rows
+from runtime.selection import Choice, choose
 from runtime.tokenization import TextTokenizer
-
-from .batcher import padding_efficient_groups
+from runtime.variants import VARIANTS, Variant
+from runtime.variants import variant as variant_row
 
 WARMUP_TEXTS = ["warm up", "A longer sentence that warms up the kernels for a second, wider shape of input."]
 
@@ -24,8 +27,6 @@ class Embedder(ABC):
 
     runtime: str = ""
     variant: str = ""
-    #: variants of this runtime, fastest first; "auto" serves the first that passes parity
-    variants_fastest_first: tuple[str, ...] = ()
     model_id: str = ""
     dimension: int
     max_tokens: int
@@ -67,13 +68,27 @@ class Embedder(ABC):
 
 
 class ArtifactEmbedder(Embedder):
-    """Tokenizes and runs one variant of a built artifact folder. Subclasses implement `_load_model`, `_forward`."""
+    """Tokenizes and runs one variant of a built artifact folder. Subclasses implement `_load_model`, `_forward`.
 
-    def __init__(self, artifacts_dir: Path, variant: str = "auto", threads: int | None = None):
+    The variant is chosen at construction, before the service listens (runtime.selection): the fastest that
+    passes the gate on this CPU, from the manifest's figures where this is the build's CPU, re-checked and
+    timed here where it is not. `service` names the consumer's engines in the variant table.
+    """
+
+    service: str = ""
+
+    def __init__(self, artifacts_dir: Path, variant: str = "auto", threads: int | None = None, device: str = "cpu",
+                 allowed: tuple[str, ...] | None = None):
         self.artifacts_dir = Path(artifacts_dir)
         self.manifest = Manifest.load(self.artifacts_dir)
-        self.variant = self.manifest.select_variant(self.variants_fastest_first, variant, self.runtime)
         self.threads = threads
+        here = HostMeasurements(self.artifacts_dir, self.manifest, threads)
+        rows = VARIANTS if allowed is None else tuple(v for v in VARIANTS if v.name in allowed)
+        self.choice: Choice = choose(self.manifest, self.service, variant, device, recheck=here.recheck,
+                                     time_here=here.time_here, rows=rows)
+        self.variant = self.choice.variant
+        self.row: Variant = variant_row(self.variant)
+        self.runtime = self.row.engine
         model = self.manifest.model
         self.model_id = model.source
         self.dimension = model.dimension
@@ -135,6 +150,8 @@ class ArtifactEmbedder(Embedder):
             "variant": self.variant,
             "precision": record.precision,
             "parity": record.parity.to_dict(),
+            "speed": record.speed,
+            "selection": self.choice.to_dict(),
             "dimension": self.dimension,
             "max_tokens": self.max_tokens,
             "pooling": self.manifest.model.pooling,

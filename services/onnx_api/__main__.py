@@ -6,4 +6,4 @@ from services.common.serve import serve
 
 from .embedder import OnnxEmbedder, OnnxSettings
 
-sys.exit(serve(OnnxSettings, OnnxEmbedder, ("onnxruntime",), "python -m services.onnx_api"))
+sys.exit(serve(OnnxSettings, OnnxEmbedder, ("onnxruntime", "openvino"), "python -m services.onnx_api"))

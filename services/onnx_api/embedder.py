@@ -1,5 +1,6 @@
-"""ONNX Runtime embedder: the offline-optimized graph (optimizations off at load) or an int8 graph on the CPU;
-the fp32 graph on ONNX Runtime's CUDA execution provider with --device cuda."""
+"""The torch-free embedder: the ONNX graphs on ONNX Runtime (fp32, int8) or on OpenVINO (fp32, bf16) on the CPU,
+whichever the variant choice finds fastest and faithful here; the fp32 graphs on ONNX Runtime's CUDA execution
+provider with --device cuda."""
 
 from __future__ import annotations
 
@@ -8,15 +9,10 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from runtime import onnx_runner
 from runtime.manifest import ArtifactError
+from runtime.variants import names, served_by
 from services.common.embedder import ArtifactEmbedder
 from services.common.settings import ServiceSettings, SettingsConfigDict, SettingsError
-
-# On the CUDA provider: the plain export (ONNX Runtime fuses for CUDA at load) and the fused-attention graph
-# (com.microsoft.MultiHeadAttention has a CUDA kernel). Not onnx_optimized (optimized offline for the CPU
-# provider) nor the int8 graphs (dynamic int8 MatMulInteger is a CPU kernel: it would run on the CPU).
-CUDA_VARIANTS = ("onnx_fp32", "onnx_fused")
 
 
 class OnnxSettings(ServiceSettings):
@@ -31,9 +27,12 @@ class OnnxSettings(ServiceSettings):
     def _device_defaults(self):
         if self.device == "cuda":
             self.use_gpu_batch_sizes()
-            if self.variant not in ("auto", *CUDA_VARIANTS):
+            # The variant table's cuda rows: the plain export and the fused-attention graph (not the graph
+            # optimized offline for the CPU provider, nor int8, whose MatMulInteger is a CPU kernel).
+            on_cuda = names(served_by("onnx_api", "cuda"))
+            if self.variant not in ("auto", *on_cuda):
                 raise ValueError(f"variant {self.variant} does not run on the CUDA provider: with device cuda "
-                                 f"use variant auto or one of {', '.join(CUDA_VARIANTS)}")
+                                 f"use variant auto or one of {', '.join(on_cuda)}")
         return self
 
 
@@ -49,25 +48,14 @@ def require_cuda_provider() -> None:
 
 
 class OnnxEmbedder(ArtifactEmbedder):
-    runtime = "onnxruntime"
-    # onnx_fused (fp32, fused attention) last: on the CPUs measured it is no faster than onnx_optimized at
-    # batch 32, so auto never reaches it; ONNX_API_VARIANT=onnx_fused selects it.
-    variants_fastest_first = ("onnx_int8", "onnx_int8_smooth", "onnx_optimized", "onnx_fused")
+    service = "onnx_api"
 
     def __init__(self, settings: OnnxSettings):
         self.device = settings.device
         if self.device == "cuda":
             require_cuda_provider()
-            self.variants_fastest_first = CUDA_VARIANTS
-        super().__init__(settings.artifacts_dir, settings.variant, settings.threads)
-        self._runner: onnx_runner.OnnxSentenceRunner | None = None
-
-    @property
-    def providers(self) -> list:
-        if self.device == "cuda":
-            # The CPU provider stays as the fallback for any op without a CUDA kernel.
-            return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
-        return ["CPUExecutionProvider"]
+        super().__init__(settings.artifacts_dir, settings.variant, settings.threads, self.device)
+        self._runner = None
 
     def verify(self) -> None:
         """sha256 as always; on cuda also open the session before listening, so a provider that cannot start
@@ -81,8 +69,7 @@ class OnnxEmbedder(ArtifactEmbedder):
             super().load()
 
     def _load_model(self) -> None:
-        runner = onnx_runner.load_variant(self.artifacts_dir, self.manifest, self.variant, self.threads,
-                                          providers=self.providers)
+        runner = self.row.load(self.artifacts_dir, self.manifest, self.threads, self.device)
         if self.device == "cuda" and "CUDAExecutionProvider" not in runner.session.get_providers():
             raise ArtifactError("device cuda: ONNX Runtime could not start its CUDA provider (no GPU or driver, "
                                 f"or CUDA/cuDNN libraries missing) and fell back to {runner.session.get_providers()}")
@@ -92,8 +79,9 @@ class OnnxEmbedder(ArtifactEmbedder):
         return self._runner.run(input_ids, attention_mask)
 
     def info(self) -> dict:
-        out = {**super().info(), "graph_optimizations_at_load": onnx_runner.optimize_at_load(self.variant),
-               "device": self.device}
+        out = {**super().info(), "device": self.device}
+        if self.runtime == "onnxruntime":
+            out["graph_optimizations_at_load"] = self.row.optimize_at_load
         if self._runner is not None:
-            out["providers"] = self._runner.session.get_providers()
+            out.update(self._runner.describe())
         return out

@@ -17,7 +17,6 @@ from services.common.settings import GPU_MAX_BATCH_SIZE, ServiceSettings, Settin
 
 from .buckets import batch_buckets, pad_to_bucket, parse_buckets, warmup_shapes
 
-INT8_VARIANTS = ("torch_int8", "torch_int8_smooth")
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 #: texts for the start-up precision check (fp16/bf16 against fp32 on the same device): short to long
@@ -68,9 +67,9 @@ class TorchSettings(ServiceSettings):
     def _device_defaults(self):
         if self.device == "cuda":
             self.use_gpu_batch_sizes()
-        if self.variant in INT8_VARIANTS and (self.device == "cuda" or self.dtype in ("fp16", "bf16")):
-            raise ValueError(f"variant {self.variant} is CPU-only dynamic int8: with device {self.device} "
-                             f"and dtype {self.dtype} use variant auto or torch_fp32")
+        if self.variant not in ("auto", "torch_fp32") and (self.device == "cuda" or self.dtype in ("fp16", "bf16")):
+            raise ValueError(f"variant {self.variant} is a CPU variant of its own precision: with device "
+                             f"{self.device} and dtype {self.dtype} use variant auto or torch_fp32")
         try:
             parse_buckets(self.seq_buckets if self.seq_buckets != "auto" else "none", 512)
         except ValueError:
@@ -113,17 +112,16 @@ def dynamo_graphs_compiled() -> int:
 
 
 class TorchEmbedder(ArtifactEmbedder):
-    runtime = "torch"
-    variants_fastest_first = ("torch_int8", "torch_int8_smooth", "torch_fp32")
+    service = "torch_api"
 
     def __init__(self, settings: TorchSettings):
         self.device = settings.device
         self.dtype = settings.resolved_dtype
         if self.device == "cuda":
             require_cuda()
-        if self.device == "cuda" or self.dtype != "fp32":
-            self.variants_fastest_first = ("torch_fp32",)  # dynamic int8 is CPU-only and fp32-based
-        super().__init__(settings.artifacts_dir, settings.variant, settings.threads)
+        # A dtype cast at load (fp16/bf16 on cuda, checked at start-up) starts from the fp32 weights.
+        allowed = ("torch_fp32",) if self.device == "cuda" or self.dtype != "fp32" else None
+        super().__init__(settings.artifacts_dir, settings.variant, settings.threads, self.device, allowed)
         self.compile = settings.compile and self.variant == "torch_fp32"
         self.compile_mode = settings.resolved_compile_mode
         self.seq_buckets = parse_buckets(settings.resolved_seq_buckets, self.max_tokens)

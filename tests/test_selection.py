@@ -1,0 +1,125 @@
+"""The variant table and the choice by measurement (runtime.variants, runtime.selection): no weights."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from build_artifacts.build import BUILD_STEPS
+from runtime.host import HostCpu, parse_cpuinfo
+from runtime.manifest import ArtifactError, Manifest
+from runtime.selection import choose
+from runtime.variants import SERVICE_ENGINES, VARIANTS, Variant
+
+ZEN5 = HostCpu("AMD EPYC", frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}))
+NO_VNNI = HostCpu("AMD EPYC Zen 3", frozenset({"avx2", "fma"}))
+AMX = HostCpu("Intel Xeon", frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
+                                       "amx_int8", "amx_tile"}))
+
+
+def test_every_row_has_a_build_step_and_a_loader():
+    assert len({v.name for v in VARIANTS}) == len(VARIANTS)
+    for row in VARIANTS:
+        assert row.build_step in BUILD_STEPS, row.name
+        module, function = row.loader.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), row.name
+        assert row.engine in {e for engines in SERVICE_ENGINES.values() for e in engines}, row.name
+        assert row.devices and "cpu" in row.devices, row.name
+
+
+def test_every_engine_loader_is_the_engines_own():
+    loaders = {row.engine: row.loader for row in VARIANTS}
+    assert loaders == {"torch": "runtime.torch_encoder:open_runner", "onnxruntime": "runtime.onnx_runner:open_runner",
+                       "openvino": "runtime.openvino_runner:open_runner"}
+
+
+def _row(name, precision="fp32", needs=(), depends=(), exact=True):
+    return Variant(name, "onnxruntime", f"onnx/{name}.onnx", precision, exact, "runtime.onnx_runner:open_runner",
+                   "onnx_fp32", name, needs_any=needs, fidelity_depends_on=depends)
+
+
+def _manifest(records: dict, host: HostCpu = ZEN5) -> Manifest:
+    def record(name, min_cos, speed):
+        out = {"runtime": "onnx", "precision": "x", "path": f"onnx/{name}.onnx", "bytes": 1, "files": [],
+               "parity": {"min_cosine": min_cos, "mean_cosine": min_cos, "texts": 10, "threshold": 0.99,
+                          "passes_parity": min_cos >= 0.99}, "measured_on": host.to_dict()}
+        if speed:
+            out["speed"] = {"texts_per_s": speed, "batch_ms": 32000 / speed, "batch_texts": 32, "one_text_ms": 10}
+        return out
+
+    return Manifest.from_dict({
+        "created_at": "now", "build": {"host": host.to_dict()},
+        "model": {"source": "m", "dimension": 4, "pooling": "mean", "normalize": True, "max_seq_length": 16},
+        "tokenizer": {"path": "t.json", "files": []},
+        "artifacts": {name: record(name, *figures) for name, figures in records.items()}})
+
+
+def test_auto_follows_measured_speed_not_table_order():
+    rows = (_row("slow_first"), _row("fast_second"))
+    manifest = _manifest({"slow_first": (1.0, 10.0), "fast_second": (1.0, 30.0)})
+    choice = choose(manifest, "onnx_api", host=ZEN5, rows=rows)
+    assert choice.variant == "fast_second" and "30.0 texts/s" in choice.reason
+    assert [c.verdict for c in choice.candidates] == ["passes, slower", "chosen"]
+    # Faster figures the other way round flip the choice: the order comes from the figures.
+    manifest = _manifest({"slow_first": (1.0, 40.0), "fast_second": (1.0, 30.0)})
+    assert choose(manifest, "onnx_api", host=ZEN5, rows=rows).variant == "slow_first"
+
+
+def test_a_fast_variant_that_fails_the_gate_is_never_chosen():
+    rows = (_row("int8", "int8"), _row("fp32"))
+    manifest = _manifest({"int8": (0.6, 90.0), "fp32": (1.0, 20.0)})
+    choice = choose(manifest, "onnx_api", host=ZEN5, rows=rows)
+    assert choice.variant == "fp32" and choice.candidates[0].verdict.startswith("fails the gate")
+    with pytest.raises(ArtifactError, match="cannot be served here: fails the gate"):
+        choose(manifest, "onnx_api", "int8", host=ZEN5, rows=rows)
+    with pytest.raises(ArtifactError, match="not served by onnx_api"):
+        choose(manifest, "onnx_api", "torch_fp32", host=ZEN5, rows=rows)
+
+
+def test_a_host_without_vnni_refuses_8_bit_weights():
+    int8 = _row("int8", "int8", needs=("avx512_vnni", "amx_int8"), depends=("avx512_vnni", "amx_int8"), exact=False)
+    rows = (int8, _row("fp32"))
+    manifest = _manifest({"int8": (0.999, 90.0), "fp32": (1.0, 20.0)})
+    assert choose(manifest, "onnx_api", host=ZEN5, rows=rows).variant == "int8"  # the build's CPU
+    choice = choose(manifest, "onnx_api", host=NO_VNNI, rows=rows, time_here=lambda row: {"texts_per_s": 1.0})
+    assert choice.variant == "fp32"
+    assert choice.candidates[0].verdict == "refused: this CPU has none of avx512_vnni, amx_int8"
+    with pytest.raises(ArtifactError, match="none of avx512_vnni"):
+        choose(manifest, "onnx_api", "int8", host=NO_VNNI, rows=rows)
+
+
+def test_a_cpu_that_differs_in_a_feature_the_numbers_depend_on_gets_a_recheck():
+    int8 = _row("int8", "int8", needs=("avx512_vnni", "amx_int8"), depends=("avx512_vnni", "amx_int8"), exact=False)
+    rows = (int8, _row("fp32"))
+    manifest = _manifest({"int8": (0.999, 90.0), "fp32": (1.0, 20.0)})
+    checked, timed = [], []
+
+    def recheck(row):
+        checked.append(row.name)
+        return {"min_cosine": 0.95, "top10_agreement": 0.9, "passes_parity": False}
+
+    def time_here(row):
+        timed.append(row.name)
+        return {"texts_per_s": 50.0}
+
+    # AMX: int8 kernels differ from the build's VNNI ones -> re-checked here, and it fails -> refused.
+    choice = choose(manifest, "onnx_api", host=AMX, rows=rows, recheck=recheck, time_here=time_here)
+    assert checked == ["int8"] and choice.variant == "fp32"
+    assert "re-checked here it fails the gate" in choice.candidates[0].verdict
+    assert timed == []  # one candidate left: nothing to time
+    # Without a way to re-check, it is refused, never served on trust.
+    choice = choose(manifest, "onnx_api", host=AMX, rows=rows)
+    assert choice.variant == "fp32" and "could not be re-checked" in choice.candidates[0].verdict
+    # A re-check that passes makes it a candidate, timed here with the others (another CPU: no build figures).
+    checked.clear()
+    choice = choose(manifest, "onnx_api", host=AMX, rows=rows, time_here=time_here,
+                    recheck=lambda row: {"min_cosine": 0.999, "top10_agreement": 0.99, "passes_parity": True})
+    assert sorted(timed) == ["fp32", "int8"] and choice.candidates[0].speed["measured"] == "here"
+    assert choice.candidates[0].verdict == "chosen"  # tie at 50 texts/s: table order
+
+
+def test_the_probe_reads_model_and_relevant_flags():
+    model, features = parse_cpuinfo("processor : 0\nmodel name : Some CPU\nflags : fpu avx2 avx512_bf16 sse\n")
+    assert model == "Some CPU" and features == {"avx2", "avx512_bf16"}
+    assert not NO_VNNI.has_any(("avx512_vnni",)) and ZEN5.differs_in(AMX, ("amx_int8", "avx512f")) == ["amx_int8"]

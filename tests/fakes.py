@@ -13,7 +13,7 @@ deterministic vectors, and knobs to make it slow, fail, or refuse to load. Inter
     .load() / .warmup() / .verify() / .info()
     .calls: list[int]                         batch size of every embed_ids call (for batcher tests)
     .loaded, .warmed_up: bool
-Attributes: dimension, max_tokens, normalize_default, runtime, variant, model_id, variants_fastest_first,
+Attributes: dimension, max_tokens, normalize_default, runtime, variant, model_id,
 artifacts_dir (None: there is no artifact folder).
 """
 
@@ -45,7 +45,6 @@ class FakeEmbedder(Embedder):
         self.variant = variant
         self.runtime = runtime
         self.model_id = model_id
-        self.variants_fastest_first = (variant,)
         self.artifacts_dir = None
         self.threads = None
         self.loaded = False

@@ -8,21 +8,24 @@ import onnx
 import pytest
 
 from build_artifacts import torch_steps
-from build_artifacts.build import BuildError, build
+from build_artifacts.build import BUILT_ANYWHERE, BuildError, build
 from build_artifacts.corpus import english_sentences
 from runtime import torch_encoder
+from runtime.host import probe_cpu
 from runtime.manifest import ArtifactError, Manifest, load_manifest
+from runtime.measure_here import load_check
 from runtime.onnx_runner import OnnxSentenceRunner
 from runtime.pooling import PoolingSpec
 from runtime.similarity import rowwise_cosine
 from runtime.tokenization import TextTokenizer
+from runtime.variants import VARIANTS as TABLE
 
 from .conftest import REPO
 
 pytestmark = pytest.mark.slow  # real weights (MiniLM) or a real build of a tiny MPNet
 
-VARIANTS = {"torch_fp32", "torch_int8", "torch_int8_smooth", "onnx_fp32", "onnx_optimized", "onnx_fused", "onnx_int8",
-            "onnx_int8_smooth"}
+#: every row of the variant table this CPU builds (bf16 rows only where it has AVX512-BF16 or AMX)
+VARIANTS = {v.name for v in TABLE if probe_cpu().has_any(v.needs_any) or v.name in BUILT_ANYWHERE}
 
 
 def test_manifest_describes_every_artifact_with_hash_versions_and_parity(minilm_artifacts):
@@ -40,6 +43,11 @@ def test_manifest_describes_every_artifact_with_hash_versions_and_parity(minilm_
         parity = record.parity
         assert parity.passes_parity == (parity.min_cosine >= 0.99 and parity.top10_agreement >= 0.95)
         assert -1.0 <= parity.min_cosine <= parity.mean_cosine <= 1.0 + 1e-6
+        # speed on service-shaped batches, and the CPU both were measured on
+        assert record.speed["texts_per_s"] > 0 and record.speed["batch_texts"] == 32, name
+        assert record.measured_on == probe_cpu().to_dict() == manifest.build["host"], name
+    texts, vectors = load_check(minilm_artifacts, manifest)  # what another CPU re-checks against
+    assert len(texts["recheck"]) == len(vectors) >= 250 and vectors.shape[1] == 384
 
 
 def test_fp32_onnx_and_offline_optimized_graph_are_faithful_on_real_weights(minilm_artifacts):

@@ -287,6 +287,10 @@ def create_app(settings: ServiceSettings, embedder: Embedder, runtime_packages: 
                 on_failure()
 
     app = FastAPI(title=f"Embeddings ({embedder.runtime})", lifespan=lifespan)
+    choice = getattr(embedder, "choice", None)
+    for candidate in choice.candidates if choice is not None else ():
+        metrics.variant_candidates.labels(candidate.name, candidate.precision,
+                                          candidate.verdict).set(candidate.texts_per_s or 0)
     app.state.metrics = metrics
     app.state.embedder = embedder
     app.state.serving = state

@@ -84,6 +84,13 @@ class ServiceMetrics:
             registry=r,
         )
         self.in_flight = Gauge(f"{prefix}_requests_in_flight", "Embedding requests being handled", registry=r)
+        self.variant_candidates = Gauge(
+            f"{prefix}_variant_candidate_texts_per_second",
+            "Variants considered at start-up: texts/s at the service batch (0 where none was measured), with "
+            "their verdict (chosen, passes, or why not)",
+            ["variant", "precision", "verdict"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -105,12 +105,14 @@ def serve(
         log.info("API keys required on every route but /health (%d key(s))", len(settings.api_key_list))
     elif settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s without API keys: anyone who reaches it can use it", settings.host)
-    log.info(
-        "serving variant %s (%s) from %s",
-        embedder.variant,
-        "auto: fastest that passes parity" if settings.variant == "auto" else "as requested",
-        embedder.artifacts_dir,
-    )
+    choice = getattr(embedder, "choice", None)
+    if choice is not None:
+        log.info("CPU: %s; artifacts built on: %s", choice.host.describe(),
+                 choice.build_host.describe() if choice.build_host else "not recorded")
+        for line in choice.lines():
+            log.info("  candidate %s", line)
+    log.info("serving variant %s (%s) from %s", embedder.variant,
+             choice.reason if choice is not None else "as requested", embedder.artifacts_dir)
     app = create_app(settings, embedder, runtime_packages)
     HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
     config = uvicorn.Config(

@@ -23,7 +23,7 @@ from runtime import measure_here
 from runtime.host import HostCpu, probe_cpu
 from runtime.manifest import MANIFEST_FILE, ArtifactRecord, FileEntry, Manifest, Parity, TokenizerInfo
 from runtime.similarity import PARITY_MIN_COSINE, fidelity_report, rowwise_cosine
-from runtime.variants import VARIANTS, Variant
+from runtime.variants import VARIANTS, Variant, default_build
 
 from .corpus import calibration_sentences, parity_texts, retrieval_texts
 from .model_loading import DEFAULT_MODEL, ModelUnavailableError, read_pooling_spec, resolve_model_dir
@@ -35,6 +35,8 @@ _TOOLS = ["torch", "transformers", "tokenizers", "onnx", "onnxruntime", "openvin
 #: texts of the start-up re-check shipped with the artifacts: every RECHECK_STRIDE-th text of the retrieval corpus
 RECHECK_STRIDE = 4
 SPEED_ONE_TEXT = "How do I reset my password on this website?"
+#: exact rewrites of the fp32 graph are verified on every 3rd parity text (132 of 395, short to long)
+EXACT_CHECK_STRIDE = 3
 
 
 class BuildError(RuntimeError):
@@ -99,14 +101,17 @@ def embed_length_sorted(run, tokenizer, texts: list[str], batch: int = 32):
 
 
 def build(model: str, out: Path, force: bool = False, threads: int | None = None, opset: int = 17,
-          recipe: Recipe | None = None) -> Manifest:
+          recipe: Recipe | None = None, variants: tuple[str, ...] | None = None) -> Manifest:
+    """variants: the table rows to build (default: those `built_by_default`); a row's build step may read an
+    earlier row's files (the ONNX rows read onnx_fp32's export), so those come along."""
     recipe = replace(recipe or DEFAULT_RECIPE, onnx_opset=opset)
+    variants = resolve_variants(variants)
     model_dir = resolve_model_dir(model)
     check_destination(out, model_dir, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
-        manifest = _build_into(model, model_dir, staging, threads, recipe)
+        manifest = _build_into(model, model_dir, staging, threads, recipe, variants)
         _swap_into_place(staging, out)
         return manifest
     except BaseException:
@@ -154,25 +159,64 @@ class BuildState:
         batches = [texts[i : i + size] for i in range(0, len(texts), size)]
         return ((b.input_ids, b.attention_mask) for b in map(self.tokenizer.encode, batches))
 
-    def parity(self, run, exact: bool = False) -> Parity:
-        """The gate on this variant. An exact rewrite of the fp32 graph: on the parity texts in length-sorted
-        batches (a wrong rewrite shows there at once). An approximation, in service batches: on the parity
-        texts first; where their min cosine already fails the gate the verdict is settled and the figures
-        say they cover those texts only; otherwise on the whole retrieval corpus."""
+    def parity(self, run, row: Variant) -> Parity:
+        """The gate on this variant.
+
+        An exact rewrite of the fp32 graph (export, offline optimization, fusion, another fp32 engine): on every
+        EXACT_CHECK_STRIDE-th parity text, short to long (a wrong rewrite shows at once; the figures say how
+        many texts they cover). An approximation: on the parity texts first, stopping at the first batch
+        where a text falls below the gate's min cosine (more texts can only lower a minimum: the verdict is
+        settled, and the figures say how many texts they cover); where all pass, on the whole retrieval
+        corpus. Batches are the ones a service forms where batch mates change the numbers (per-batch
+        activation scales), length-sorted ones (that pad little) where they do not."""
         import numpy as np
 
         n = len(self.texts)
-        if exact:  # fp32 output does not depend on batch mates (padding is masked): batches that pad little
-            embeddings = embed_length_sorted(run, self.tokenizer, self.texts)
-        else:
-            embeddings = embed_in_service_batches(run, self.tokenizer, self.texts, self.recipe)
-        settled = exact or float(rowwise_cosine(embeddings, self.reference[:n]).min()) < PARITY_MIN_COSINE
-        if not settled:
-            rest = embed_in_service_batches(run, self.tokenizer, self.retrieval[n:], self.recipe)
-            embeddings = np.concatenate([embeddings, rest])
-        rows = len(embeddings)
-        return Parity.from_dict(fidelity_report(embeddings, self.reference[:rows], n,
+        if row.exact:
+            picks = list(range(0, n, EXACT_CHECK_STRIDE))
+            embeddings = embed_length_sorted(run, self.tokenizer, [self.texts[i] for i in picks])
+            return Parity.from_dict(fidelity_report(embeddings, self.reference[picks], len(picks),
+                                                    min_top10=self.recipe.min_top10_agreement))
+        embeddings, done = self.embed_until_failing(run, self.batches(self.texts, row))
+        if len(done) == n:
+            rest = self.retrieval[n:]
+            vectors = np.zeros((len(rest), embeddings.shape[1]), dtype=np.float32)
+            for group in self.batches(rest, row):
+                batch = self.tokenizer.encode([rest[i] for i in group])
+                vectors[group] = run(batch.input_ids, batch.attention_mask)
+            embeddings, done = np.concatenate([embeddings, vectors]), np.arange(len(self.retrieval))
+        return Parity.from_dict(fidelity_report(embeddings[done], self.reference[done], min(len(done), n),
                                                 min_top10=self.recipe.min_top10_agreement))
+
+    def batches(self, texts: list[str], row: Variant) -> list[list[int]]:
+        """Index groups: as a service forms them where batch mates matter, else sorted by length."""
+        from runtime.similarity import service_batches
+
+        counts = self.tokenizer.count_tokens(texts)
+        if row.batch_mates_matter:
+            return service_batches(counts, self.recipe.service_batch, self.recipe.service_window)
+        order = sorted(range(len(texts)), key=lambda i: counts[i])
+        size = self.recipe.service_batch
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+    def embed_until_failing(self, run, groups: list[list[int]]):
+        """The parity texts, group by group, until one falls below the gate's min cosine:
+        (embeddings in text order, indices of the texts embedded)."""
+        import numpy as np
+
+        embeddings, done = None, []
+        for group in groups:
+            batch = self.tokenizer.encode([self.texts[i] for i in group])
+            vectors = run(batch.input_ids, batch.attention_mask)
+            if embeddings is None:
+                embeddings = np.zeros((len(self.texts), vectors.shape[1]), dtype=np.float32)
+            embeddings[group] = vectors
+            done += group
+            # at least one window, so that the figures' top-10 neighbours have a corpus to be found in
+            if len(done) >= self.recipe.service_window and \
+                    float(rowwise_cosine(embeddings[done], self.reference[done]).min()) < PARITY_MIN_COSINE:
+                break
+        return embeddings, np.array(sorted(done))
 
     def speed(self, run) -> dict:
         texts = list(calibration_sentences())[: measure_here.SPEED_BATCH_TEXTS]
@@ -183,7 +227,7 @@ class BuildState:
         """Reload what was saved through the variant's own loader (proves it loads), measure its fidelity and
         its speed on service-shaped batches on this CPU, record it."""
         runner = row.load_path(self.staging / row.path, self.pooling, self.threads)
-        parity = self.parity(runner.run, row.exact)
+        parity = self.parity(runner.run, row)
         speed = self.speed(runner.run)
         del runner
         runtime = {"onnxruntime": "onnx"}.get(row.engine, row.engine)
@@ -386,6 +430,15 @@ def openvino_variant(state: BuildState, row: Variant) -> str:
                              f"{row.precision} (runtime.openvino_runner).")
 
 
+def openvino_int8(state: BuildState, row: Variant) -> str:
+    from .openvino_steps import build_int8_ir
+
+    recipe = build_int8_ir(state.onnx_dir / "model.onnx", state.staging / row.path)
+    return state.record(row, f"OpenVINO IR of onnx/model.onnx with {recipe['linear_layers_int8']} linear layers' "
+                             f"weights in 8 bits per channel; activations quantized per token at run time "
+                             f"(runtime.openvino_runner); no calibration data.", recipe=recipe)
+
+
 def manifest_of(state: BuildState) -> Manifest:
     from .torch_steps import config_summary
 
@@ -414,10 +467,10 @@ def manifest_of(state: BuildState) -> Manifest:
                     "agreement on the retrieval texts >= min_top10_agreement",
             "min_cosine_threshold": PARITY_MIN_COSINE,
             "min_top10_agreement": state.recipe.min_top10_agreement,
-            "exact_variants": "rewrites of the fp32 graph (export, offline optimization, fusion, another fp32 "
-                              "engine) are measured on the parity texts only; approximations on the retrieval "
-                              "corpus, or on the parity texts alone where their min cosine already fails the gate "
-                              "(retrieval_texts says which)",
+            "exact_variants": f"rewrites of the fp32 graph (export, offline optimization, fusion, another fp32 "
+                              f"engine) are verified on every {EXACT_CHECK_STRIDE}th parity text; approximations on "
+                              f"the retrieval corpus, or, where a parity text already falls below the min cosine, "
+                              f"on the parity texts embedded until then (texts and retrieval_texts say how many)",
             "check": {"texts": measure_here.CHECK_TEXTS_FILE, "vectors": measure_here.CHECK_VECTORS_FILE,
                       "recheck_texts": len(range(0, len(state.retrieval), RECHECK_STRIDE)),
                       "files": [FileEntry.describe(state.staging, f).to_dict()
@@ -429,15 +482,43 @@ def manifest_of(state: BuildState) -> Manifest:
 
 #: every variant's build step, by the name its table row gives (runtime.variants.Variant.build_step)
 BUILD_STEPS = {f.__name__: f for f in (torch_fp32, torch_bf16, torch_int8, torch_int8_smooth, onnx_fp32,
-                                        onnx_optimized, onnx_fused, onnx_int8, onnx_int8_smooth, openvino_variant)}
+                                        onnx_optimized, onnx_fused, onnx_int8, onnx_int8_smooth, openvino_variant,
+                                        openvino_int8)}
 #: rows built even where this CPU lacks what they need to be served: the lab measures dynamic int8 everywhere
 BUILT_ANYWHERE = frozenset({"torch_int8", "torch_int8_smooth", "onnx_int8", "onnx_int8_smooth"})
 
 
-def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None, recipe: Recipe) -> Manifest:
+#: rows whose files later steps read: ONNX and OpenVINO steps start from the plain export, SmoothQuant from the
+#: fused graph where fusion kept the numbers
+NEEDED_BY = {"onnx_fp32": ("onnx_optimized", "onnx_fused", "onnx_int8", "onnx_int8_smooth", "openvino_fp32",
+                           "openvino_bf16", "openvino_int8"), "onnx_fused": ("onnx_int8_smooth",),
+             "torch_fp32": ("torch_bf16",)}
+
+
+ON_REQUEST = tuple(row.name for row in VARIANTS if not row.built_by_default)
+
+
+def resolve_variants(requested: tuple[str, ...] | None) -> tuple[str, ...]:
+    """Names to build, in table order, with the rows their steps read; raises BuildError on an unknown name."""
+    if requested is None:
+        wanted = set(default_build())
+    elif tuple(requested) == ("all",):
+        wanted = {row.name for row in VARIANTS}
+    else:
+        unknown = [name for name in requested if name not in {row.name for row in VARIANTS}]
+        if unknown:
+            raise BuildError(f"Unknown variant(s) {', '.join(unknown)} (have: all, "
+                             f"{', '.join(row.name for row in VARIANTS)}).")
+        wanted = set(requested)
+    wanted |= {source for source, readers in NEEDED_BY.items() if wanted & set(readers)}
+    return tuple(row.name for row in VARIANTS if row.name in wanted)
+
+
+def _build_into(model: str, model_dir: Path, staging: Path, threads: int | None, recipe: Recipe,
+                variants: tuple[str, ...]) -> Manifest:
     from runtime import torch_encoder
 
-    rows = [row for row in VARIANTS if "cpu" in row.devices]
+    rows = [row for row in VARIANTS if "cpu" in row.devices and row.name in variants]
     progress = Progress(total=len(rows) + 2)
     torch_encoder.quiet_libraries()
     torch_encoder.set_threads(threads)
@@ -473,6 +554,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch and ONNX Runtime (default: all)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated rows of runtime/variants.py to build, or 'all' (default: every row "
+                             f"but the on-request ones: {', '.join(ON_REQUEST)})")
     parser.add_argument("--min-top10-agreement", type=float, default=DEFAULT_RECIPE.min_top10_agreement,
                         help="the gate's retrieval half: mean share of each text's fp32 top-10 neighbours a variant "
                              "keeps in its top 10 (default: %(default)s); recorded in the manifest")
@@ -497,7 +581,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         manifest = build(args.model, args.out, force=args.force, threads=args.threads, opset=args.opset,
-                         recipe=replace(DEFAULT_RECIPE, min_top10_agreement=args.min_top10_agreement))
+                         recipe=replace(DEFAULT_RECIPE, min_top10_agreement=args.min_top10_agreement),
+                         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip())
+                         if args.variants else None)
     except (ModelUnavailableError, BuildError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,9 +1,11 @@
-"""Run the ONNX export with OpenVINO (no torch): bf16 on CPUs with AVX512-BF16 or AMX, or f32.
+"""Run a graph with OpenVINO (no torch): the ONNX export in bf16 or f32, or the int8 IR the build writes.
 
 OpenVINO reads `onnx/model.onnx` as it is and compiles it for this CPU at load (about a second for
 MPNet-base). The inference precision is set explicitly from the variant (OpenVINO's own default is bf16 on
 CPUs that have it, f32 elsewhere), so the variant's name says what runs; `describe()` reports what OpenVINO
-actually compiled.
+actually compiled. The int8 variant is an IR folder (`model.xml` + `model.bin`) whose linear layers hold
+per-channel 8-bit weights; OpenVINO quantizes their activations per token in groups of
+`PER_TOKEN_GROUP` channels at run time and runs the dot products in int8 (VNNI / AMX).
 """
 
 from __future__ import annotations
@@ -12,8 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-#: the variant's precision -> OpenVINO's INFERENCE_PRECISION_HINT
-PRECISION_HINTS = {"bf16": "bf16", "fp32": "f32"}
+#: activation channels that share one dynamic int8 scale, per token (OpenVINO's default on CPU; set so that
+#: the variant means the same on every OpenVINO version)
+PER_TOKEN_GROUP = 32
+#: the variant's precision -> OpenVINO CPU settings; dynamic quantization off where weights are not 8-bit
+PRECISION_CONFIG = {
+    "bf16": {"INFERENCE_PRECISION_HINT": "bf16", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0},
+    "fp32": {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0},
+    "int8-per-token": {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": PER_TOKEN_GROUP},
+}
+#: the graph inside an IR folder
+IR_FILE = "model.xml"
 
 
 class OpenVinoRunner:
@@ -23,11 +34,11 @@ class OpenVinoRunner:
                  performance_hint: str = "LATENCY"):
         import openvino as ov
 
-        self.model_path = Path(model_path)
-        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": performance_hint}
+        self.model_path = Path(model_path) / IR_FILE if Path(model_path).is_dir() else Path(model_path)
+        config = {**PRECISION_CONFIG[precision], "PERFORMANCE_HINT": performance_hint}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = ov.Core().compile_model(str(model_path), "CPU", config)
+        self.compiled = ov.Core().compile_model(str(self.model_path), "CPU", config)
         self._request = self.compiled.create_infer_request()
         self._inputs = {port.get_any_name() for port in self.compiled.inputs}
         self._output = self.compiled.output("sentence_embedding")
@@ -40,7 +51,9 @@ class OpenVinoRunner:
     def describe(self) -> dict:
         return {"openvino_inference_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT")),
                 "openvino_performance_hint": str(self.compiled.get_property("PERFORMANCE_HINT")),
-                "openvino_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS"))}
+                "openvino_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
+                "openvino_dynamic_quantization_group": int(
+                    self.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))}
 
 
 def open_runner(row, path: Path, pooling=None, threads: int | None = None, device: str = "cpu") -> OpenVinoRunner:

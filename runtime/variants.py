@@ -41,6 +41,12 @@ class Variant:
     fidelity_depends_on: tuple[str, ...] = ()
     #: ONNX Runtime graph optimizations when the session opens (off for graphs optimized at build time)
     optimize_at_load: bool = True
+    #: its output depends on the other texts in a call (activation scales computed per batch, as dynamic int8
+    #: with per-tensor scales): measured in the batches a service forms; otherwise in length-sorted batches
+    batch_mates_matter: bool = False
+    #: built unless the build is asked for a list without it (`--variants`); off for slow lab recipes that no
+    #: CPU seen serves (they cost minutes of build time)
+    built_by_default: bool = True
 
     def load(self, artifacts_dir: Path, manifest, threads: int | None = None, device: str = "cpu"):
         """The runner of this variant in a built artifact folder: `.run(input_ids, attention_mask)` -> pooled
@@ -65,10 +71,12 @@ VARIANTS: tuple[Variant, ...] = (
             needs_any=BF16_FEATURES, fidelity_depends_on=BF16_FEATURES),
     Variant("torch_int8", "torch", "torch_int8", "int8-dynamic", False, _TORCH, "torch_int8",
             "torch dynamic int8 (torch.ao quantize_dynamic, nn.Linear, qint8)",
-            needs_any=INT8_FEATURES, fidelity_depends_on=INT8_FEATURES),
+            needs_any=INT8_FEATURES, fidelity_depends_on=INT8_FEATURES, batch_mates_matter=True),
+    # 7.4 min of a 25-min MPNet-base build on a Zen 4, and it fails the gate there (top-10 0.933): on request
     Variant("torch_int8_smooth", "torch", "torch_int8_smooth", "int8-dynamic-smoothquant", False, _TORCH,
             "torch_int8_smooth", "torch SmoothQuant int8 (calibrated on other sentences; FFN output layers fp32)",
-            needs_any=INT8_FEATURES, fidelity_depends_on=INT8_FEATURES),
+            needs_any=INT8_FEATURES, fidelity_depends_on=INT8_FEATURES, batch_mates_matter=True,
+            built_by_default=False),
     Variant("onnx_fp32", "onnxruntime", "onnx/model.onnx", "fp32", True, _ORT, "onnx_fp32",
             "exporting ONNX (dynamic batch and sequence axes)", devices=("cpu", "cuda")),
     Variant("onnx_optimized", "onnxruntime", "onnx/model.optimized.onnx", "fp32", True, _ORT, "onnx_optimized",
@@ -78,16 +86,22 @@ VARIANTS: tuple[Variant, ...] = (
             devices=("cpu", "cuda")),
     Variant("onnx_int8", "onnxruntime", "onnx/model.int8.onnx", "int8-dynamic", False, _ORT, "onnx_int8",
             "ONNX Runtime dynamic int8 (quantize_dynamic, QInt8 per-channel weights)",
-            needs_any=INT8_FEATURES, fidelity_depends_on=INT8_FEATURES),
+            needs_any=INT8_FEATURES, fidelity_depends_on=INT8_FEATURES, batch_mates_matter=True),
     Variant("onnx_int8_smooth", "onnxruntime", "onnx/model.int8_smooth.onnx", "int8-dynamic-smoothquant", False,
             _ORT, "onnx_int8_smooth",
             "ONNX SmoothQuant int8 (calibrated on other sentences; FFN outlier channels split off in fp32)",
-            needs_any=INT8_FEATURES, fidelity_depends_on=INT8_FEATURES),
+            needs_any=INT8_FEATURES, fidelity_depends_on=INT8_FEATURES, batch_mates_matter=True),
     Variant("openvino_fp32", "openvino", "onnx/model.onnx", "fp32", True, _OV, "openvino_variant",
             "OpenVINO on the ONNX export, f32 inference precision"),
     Variant("openvino_bf16", "openvino", "onnx/model.onnx", "bf16", False, _OV, "openvino_variant",
             "OpenVINO on the ONNX export, bf16 inference precision (AVX512-BF16 / AMX)",
             needs_any=BF16_FEATURES, fidelity_depends_on=BF16_FEATURES),
+    # Per-token activation scales (groups of 32 channels, computed per row at run time) and per-channel 8-bit
+    # weights: the outlier channels that break per-tensor int8 (FINDINGS.md) get their own scales. Each row is
+    # quantized on its own, so batch mates do not matter. 8-bit dot products need VNNI or AMX.
+    Variant("openvino_int8", "openvino", "openvino_int8", "int8-per-token", False, _OV, "openvino_int8",
+            "OpenVINO int8: per-channel 8-bit weights, activations quantized per token at run time",
+            needs_any=INT8_FEATURES, fidelity_depends_on=INT8_FEATURES),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
 
@@ -119,5 +133,9 @@ def names(rows: tuple[Variant, ...]) -> tuple[str, ...]:
     return tuple(v.name for v in rows)
 
 
-__all__ = ["BF16_FEATURES", "BY_NAME", "INT8_FEATURES", "SERVICE_ENGINES", "VARIANTS", "Variant", "names",
-           "served_by", "variant"]
+def default_build() -> tuple[str, ...]:
+    return tuple(v.name for v in VARIANTS if v.built_by_default)
+
+
+__all__ = ["BF16_FEATURES", "BY_NAME", "INT8_FEATURES", "SERVICE_ENGINES", "VARIANTS", "Variant", "default_build",
+           "names", "served_by", "variant"]

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from build_artifacts import torch_steps
-from build_artifacts.build import BUILT_ANYWHERE, BuildError, build
+from build_artifacts.build import BUILT_ANYWHERE, ON_REQUEST, BuildError, build
 from build_artifacts.corpus import english_sentences
 from runtime import torch_encoder
 from runtime.host import probe_cpu
@@ -18,14 +18,17 @@ from runtime.onnx_runner import OnnxSentenceRunner
 from runtime.pooling import PoolingSpec
 from runtime.similarity import rowwise_cosine
 from runtime.tokenization import TextTokenizer
+from runtime.variants import BY_NAME as TABLE_BY_NAME
 from runtime.variants import VARIANTS as TABLE
 
 from .conftest import REPO
 
 pytestmark = pytest.mark.slow  # real weights (MiniLM) or a real build of a tiny MPNet
 
-#: every row of the variant table this CPU builds (bf16 rows only where it has AVX512-BF16 or AMX)
+#: every row of the variant table this CPU builds (bf16 rows only where it has AVX512-BF16 or AMX); the
+#: MiniLM fixture builds all rows, a plain build leaves out the on-request ones
 VARIANTS = {v.name for v in TABLE if probe_cpu().has_any(v.needs_any) or v.name in BUILT_ANYWHERE}
+DEFAULT_VARIANTS = VARIANTS - set(ON_REQUEST)
 
 
 def test_manifest_describes_every_artifact_with_hash_versions_and_parity(minilm_artifacts):
@@ -123,7 +126,7 @@ def test_corrupt_artifact_is_detected(minilm_artifacts, tmp_path):
 def test_mpnet_architecture_exports_quantizes_and_optimizes(tiny_mpnet_dir, tmp_path):
     manifest = build(str(tiny_mpnet_dir), tmp_path / "out", threads=2)
     assert manifest.model.model_type == "mpnet"
-    assert set(manifest.artifacts) == VARIANTS
+    assert set(manifest.artifacts) == DEFAULT_VARIANTS
     for name in ("torch_fp32", "onnx_fp32", "onnx_optimized", "onnx_fused"):
         assert manifest.artifacts[name].parity.min_cosine > 0.9999, name
     assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == manifest.to_dict()
@@ -274,3 +277,17 @@ def test_int8_recipe_falls_back_to_the_unfused_graph_when_fusion_breaks_numbers(
     recipe = manifest.artifacts["onnx_int8_smooth"].recipe
     assert recipe["source_graph"] == "model.onnx" and recipe["fused_attention_blocks"] == 0
     assert manifest.artifacts["onnx_int8_smooth"].parity.passes_parity
+
+
+def test_openvino_int8_ir_quantizes_every_linear_layer_and_runs_per_token(minilm_artifacts):
+    """Where this CPU has VNNI or AMX: the IR's linear layers hold 8-bit weights, the runner asks OpenVINO for
+    per-token dynamic activation quantization, and the figures in the manifest are the gate's."""
+    if not probe_cpu().has_any(TABLE_BY_NAME["openvino_int8"].needs_any):
+        pytest.skip("this CPU has neither VNNI nor AMX: the per-token int8 variant is not built here")
+    manifest = load_manifest(minilm_artifacts)
+    record = manifest.artifacts["openvino_int8"]
+    assert record.recipe["linear_layers_int8"] == 36  # 6 layers x (q, k, v, o, ffn in, ffn out)
+    assert {f.path for f in record.files} == {"openvino_int8/model.xml", "openvino_int8/model.bin"}
+    runner = TABLE_BY_NAME["openvino_int8"].load(minilm_artifacts, manifest, threads=1)
+    assert runner.describe()["openvino_dynamic_quantization_group"] == 32
+    assert record.parity.retrieval_texts is not None and record.speed["texts_per_s"] > 0

@@ -123,3 +123,28 @@ def test_the_probe_reads_model_and_relevant_flags():
     model, features = parse_cpuinfo("processor : 0\nmodel name : Some CPU\nflags : fpu avx2 avx512_bf16 sse\n")
     assert model == "Some CPU" and features == {"avx2", "avx512_bf16"}
     assert not NO_VNNI.has_any(("avx512_vnni",)) and ZEN5.differs_in(AMX, ("amx_int8", "avx512f")) == ["amx_int8"]
+
+
+def test_the_build_resolves_its_variant_list():
+    from build_artifacts.build import BuildError, resolve_variants
+
+    default = resolve_variants(None)
+    assert "torch_int8_smooth" not in default and "onnx_optimized" in default  # on request only
+    assert resolve_variants(("all",)) == tuple(v.name for v in VARIANTS)
+    # a step that reads another row's files brings that row along, in table order
+    assert resolve_variants(("openvino_int8",)) == ("onnx_fp32", "openvino_int8")
+    assert resolve_variants(("onnx_int8_smooth",)) == ("onnx_fp32", "onnx_fused", "onnx_int8_smooth")
+    with pytest.raises(BuildError, match="Unknown variant"):
+        resolve_variants(("onnx_int4",))
+
+
+def test_int8_weights_are_per_output_channel_and_symmetric():
+    import numpy as np
+
+    from build_artifacts.openvino_steps import quantize_per_channel
+
+    weight = np.array([[0.5, -100.0], [-1.0, 50.0], [0.25, 0.0]], dtype=np.float32)  # [in, out]
+    q, scale = quantize_per_channel(weight, channel_axis=1)
+    assert q.dtype == np.int8 and scale.shape == (1, 2)
+    assert q[:, 0].tolist() == [64, -127, 32] and q[:, 1].tolist() == [-127, 64, 0]  # each column its own scale
+    assert np.abs(q * scale - weight).max() <= scale.max() / 2 + 1e-6

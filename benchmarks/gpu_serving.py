@@ -70,17 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def cpu_description() -> dict:
-    flags: set[str] = set()
-    model = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", "x86_64"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
-    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
+    from runtime.host import probe_cpu
+
+    host = probe_cpu()
+    return {"model": host.model, "cores": os.cpu_count(), "flags": sorted(host.features)}
 
 
 def environment(args) -> dict:

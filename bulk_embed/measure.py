@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -114,13 +113,9 @@ def kill_and_resume(args, out: Path, batch_size: int, workers: int, threads: int
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from runtime.host import probe_cpu
+
+    return probe_cpu().describe()
 
 
 def markdown(results: dict) -> str:

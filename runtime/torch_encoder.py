@@ -89,11 +89,6 @@ def load_bf16(folder: Path, pooling: PoolingSpec):
     return load_fp32(folder, pooling).to(torch.bfloat16)
 
 
-#: loader per torch variant (the variant table, runtime.variants, names the rows)
-LOADERS = {"torch_fp32": load_fp32, "torch_bf16": load_bf16, "torch_int8": load_int8,
-           "torch_int8_smooth": load_int8_smooth}
-
-
 class TorchRunner:
     """One torch variant in eval mode: `.run(ids, mask)` -> pooled float32 vectors; `.encoder` is the module."""
 
@@ -111,16 +106,20 @@ def open_runner(row, path: Path, pooling: PoolingSpec, threads: int | None = Non
     """The table's loader for torch rows (runtime.variants.Variant.loader)."""
     quiet_libraries()
     set_threads(threads)
-    return TorchRunner(LOADERS[row.name](path, pooling).to(device), device)
+    from .variants import resolve
+
+    return TorchRunner(resolve(row.module_loader)(path, pooling).to(device), device)
 
 
 def load_variant(artifacts_dir: Path, manifest, variant: str):
     """The encoder (nn.Module, eval mode) of one torch variant of a built artifact folder."""
     from .manifest import ArtifactError
+    from .variants import VARIANTS, resolve
 
-    if variant not in LOADERS:
-        raise ArtifactError(f"'{variant}' is not a torch variant (have: {', '.join(LOADERS)}).")
-    return LOADERS[variant](manifest.path_of(artifacts_dir, variant), manifest.model.pooling_spec)
+    rows = {row.name: row for row in VARIANTS if row.engine == "torch"}
+    if variant not in rows:
+        raise ArtifactError(f"'{variant}' is not a torch variant (have: {', '.join(rows)}).")
+    return resolve(rows[variant].module_loader)(manifest.path_of(artifacts_dir, variant), manifest.model.pooling_spec)
 
 
 def embed(encoder, input_ids: np.ndarray, attention_mask: np.ndarray, device: str = "cpu") -> np.ndarray:

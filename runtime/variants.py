@@ -44,6 +44,8 @@ class Variant:
     #: its output depends on the other texts in a call (activation scales computed per batch, as dynamic int8
     #: with per-tensor scales): measured in the batches a service forms; otherwise in length-sorted batches
     batch_mates_matter: bool = False
+    #: torch rows: "module:function" (path, pooling) -> the encoder nn.Module in eval mode, wrapped by `loader`
+    module_loader: str = ""
     #: built unless the build is asked for a list without it (`--variants`); off for slow lab recipes that no
     #: CPU seen serves (they cost minutes of build time)
     built_by_default: bool = True
@@ -54,8 +56,13 @@ class Variant:
         return self.load_path(manifest.path_of(artifacts_dir, self.name), manifest.model.pooling_spec, threads, device)
 
     def load_path(self, path: Path, pooling, threads: int | None = None, device: str = "cpu"):
-        module, function = self.loader.split(":")
-        return getattr(importlib.import_module(module), function)(self, Path(path), pooling, threads, device)
+        return resolve(self.loader)(self, Path(path), pooling, threads, device)
+
+
+def resolve(reference: str):
+    """The function a "module:function" string names."""
+    module, function = reference.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 _TORCH = "runtime.torch_encoder:open_runner"
@@ -65,18 +72,21 @@ _OV = "runtime.openvino_runner:open_runner"
 #: in build order (a later step may read an earlier step's files)
 VARIANTS: tuple[Variant, ...] = (
     Variant("torch_fp32", "torch", "fp32", "fp32", True, _TORCH, "torch_fp32",
-            "saving the fp32 weights (safetensors, Hugging Face folder)", devices=("cpu", "cuda")),
+            "saving the fp32 weights (safetensors, Hugging Face folder)", devices=("cpu", "cuda"),
+            module_loader="runtime.torch_encoder:load_fp32"),
     Variant("torch_bf16", "torch", "fp32", "bf16", False, _TORCH, "torch_bf16",
             "torch bf16: the fp32 weights cast to bfloat16 at load (oneDNN AVX512-BF16 / AMX kernels)",
-            needs_any=BF16_FEATURES, fidelity_depends_on=BF16_FEATURES),
+            needs_any=BF16_FEATURES, fidelity_depends_on=BF16_FEATURES,
+            module_loader="runtime.torch_encoder:load_bf16"),
     Variant("torch_int8", "torch", "torch_int8", "int8-dynamic", False, _TORCH, "torch_int8",
             "torch dynamic int8 (torch.ao quantize_dynamic, nn.Linear, qint8)",
-            needs_any=INT8_FEATURES, fidelity_depends_on=INT8_FEATURES, batch_mates_matter=True),
+            needs_any=INT8_FEATURES, fidelity_depends_on=INT8_FEATURES, batch_mates_matter=True,
+            module_loader="runtime.torch_encoder:load_int8"),
     # 7.4 min of a 25-min MPNet-base build on a Zen 4, and it fails the gate there (top-10 0.933): on request
     Variant("torch_int8_smooth", "torch", "torch_int8_smooth", "int8-dynamic-smoothquant", False, _TORCH,
             "torch_int8_smooth", "torch SmoothQuant int8 (calibrated on other sentences; FFN output layers fp32)",
             needs_any=INT8_FEATURES, fidelity_depends_on=INT8_FEATURES, batch_mates_matter=True,
-            built_by_default=False),
+            built_by_default=False, module_loader="runtime.torch_encoder:load_int8_smooth"),
     Variant("onnx_fp32", "onnxruntime", "onnx/model.onnx", "fp32", True, _ORT, "onnx_fp32",
             "exporting ONNX (dynamic batch and sequence axes)", devices=("cpu", "cuda")),
     Variant("onnx_optimized", "onnxruntime", "onnx/model.optimized.onnx", "fp32", True, _ORT, "onnx_optimized",

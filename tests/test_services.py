@@ -103,7 +103,7 @@ def test_openai_route_floats_and_base64_agree(client):
         ("/embed", {"inputs": "word " * 12_000}, 413, "too_large"),
         ("/v1/embeddings", {"input": []}, 400, "empty"),
         ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, 422, "validation"),
-        ("/v1/embeddings", {"input": "x", "dimensions": 7}, 422, "validation"),
+        ("/v1/embeddings", {"input": "x", "dimensions": 385}, 400, "invalid_parameter"),
         ("/nowhere", {}, 404, "not_found"),
     ],
 )

@@ -61,14 +61,23 @@ class DeadlineExceeded(Exception):
         self.retry_after_s = retry_after_s
 
 
+# The `openai` client gives up at once on a Retry-After over 120 s (openai/_constants.py MAX_RETRY_AFTER_DELAY).
+MAX_RETRY_AFTER_S = 120
+
+
 def retry_after_for(wait_s: float) -> int:
-    """Half the current drain time, at least 1 s.
+    """Half the current drain time, at least 1 s, at most MAX_RETRY_AFTER_S.
 
     By then half of the backlog is gone, so a client that obeys it is admitted while the model is still
     busy with the other half: the queue never runs dry (goodput stays at capacity), and the rejected
     clients come back a few times per backlog rather than every second.
     """
-    return max(1, math.ceil(wait_s / 2))
+    return min(MAX_RETRY_AFTER_S, max(1, math.ceil(wait_s / 2)))
+
+
+def retry_headers(retry_after_s: int) -> dict:
+    """Retry-After and the `retry-after-ms` the `openai` client prefers (it reads that one first)."""
+    return {"Retry-After": str(retry_after_s), "retry-after-ms": str(retry_after_s * 1000)}
 
 
 class ThroughputEstimate:
@@ -180,6 +189,8 @@ class Job:
     queued_texts: int = 0
     longest: int = 0  # tokens of its longest text
     drop_reason: str = ""  # why its texts left in the queue are dropped: disconnected, deadline, failed
+    batch_texts: int = 0  # texts in the batch it (first) ran in: a trace attribute
+    finished_at: float | None = None
     estimated_wait_s: float = 0.0  # what admission expected its queue wait to be
     raw_estimate_s: float = 0.0  # the same before the correction from past errors
 
@@ -209,6 +220,10 @@ class BatchResult:
     queue_ms: float
     inference_ms: float
     estimated_queue_ms: float = 0.0
+    enqueued_at: float = 0.0  # perf_counter times, for trace spans
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    batch_texts: int = 0
 
 
 class DynamicBatcher:
@@ -364,6 +379,10 @@ class DynamicBatcher:
             queue_ms=(job.started_at - job.enqueued_at) * 1000.0,
             inference_ms=(finished - job.started_at) * 1000.0,
             estimated_queue_ms=job.estimated_wait_s * 1000.0,
+            enqueued_at=job.enqueued_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at or finished,
+            batch_texts=job.batch_texts,
         )
 
     def cancel(self, job: Job) -> None:
@@ -482,6 +501,7 @@ class DynamicBatcher:
             for job in self._running_jobs:
                 if job.started_at is None:
                     job.started_at = started
+                    job.batch_texts = len(batch)
                     self._record_wait_error(job, started)
             self._metrics.batch_requests.observe(len(self._running_jobs))
             for group in groups:
@@ -506,6 +526,7 @@ class DynamicBatcher:
                     job.results[item.index] = vector
                     job.remaining -= 1
                     if job.remaining == 0 and not job.future.done():
+                        job.finished_at = time.perf_counter()
                         self._metrics.queue_time.observe(job.started_at - job.enqueued_at)
                         job.future.set_result(None)
             self._running_until = None

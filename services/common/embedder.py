@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,45 @@ from runtime.variants import VARIANTS, Variant
 from runtime.variants import variant as variant_row
 
 WARMUP_TEXTS = ["warm up", "A longer sentence that warms up the kernels for a second, wider shape of input."]
+# Where sentence-transformers keeps a model's prompts (and default_prompt_name); build_artifacts copies it next to
+# the fp32 weights.
+ST_CONFIG = "config_sentence_transformers.json"
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token as text-embeddings-inference's /tokenize shows it (offsets in characters of the input)."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
+def read_prompts(artifacts_dir: Path, manifest: Manifest) -> tuple[dict[str, str], str | None]:
+    """(prompts, default prompt name) of the model's sentence-transformers config; none when it has none.
+
+    Read from the manifest's model record where a build recorded it, else from the config file the build copied
+    next to the fp32 weights.
+    """
+    recorded = manifest.model.extra.get("prompts")
+    if isinstance(recorded, dict):
+        return ({str(k): str(v) for k, v in recorded.items()},
+                manifest.model.extra.get("default_prompt_name") or None)
+    candidates = [Path(artifacts_dir) / ST_CONFIG]
+    if "torch_fp32" in manifest.artifacts:
+        candidates.append(manifest.path_of(artifacts_dir, "torch_fp32") / ST_CONFIG)
+    for path in candidates:
+        if path.is_file():
+            try:
+                config = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            prompts = config.get("prompts") or {}
+            if isinstance(prompts, dict):
+                return {str(k): str(v) for k, v in prompts.items()}, config.get("default_prompt_name") or None
+    return {}, None
 
 
 class Embedder(ABC):
@@ -53,9 +94,35 @@ class Embedder(ABC):
     @abstractmethod
     def info(self) -> dict: ...
 
+    # Model prompts (sentence-transformers `prompts`), put before a text by name; none unless the model has some.
+    prompts: dict[str, str] = {}
+    default_prompt_name: str | None = None
+
     def run_batch(self, ids: list[list[int]]) -> np.ndarray:
         """Exactly one model call on these rows (the batcher owns batch shape); default: embed_ids."""
         return self.embed_ids(ids)
+
+    def truncate_left(self, ids: list[int]) -> list[int]:
+        """Keep the end of a text: the opening special token and the last max_tokens - 1 ids (the closing one
+        among them), mirroring `truncate`, which keeps the beginning and the closing token."""
+        if len(ids) <= self.max_tokens:
+            return ids
+        return ids[:1] + ids[len(ids) - (self.max_tokens - 1):]
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Ids the tokenizer knows (token-id inputs are checked against it); None: unknown, not checked."""
+        return None
+
+    def tokens(self, texts: list[str], add_special_tokens: bool = True) -> list[list[Token]]:
+        """Tokens with their text and character offsets, for /tokenize. Default: ids only (no text known)."""
+        rows = self.tokenize(texts)
+        return [[Token(i, "", False, None, None) for i in row] for row in rows]
+
+    def decode(self, ids: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+        """Token ids -> text, for /decode (raises ValueError on an unknown id, NotImplementedError if the
+        tokenizer cannot decode)."""
+        raise NotImplementedError("this model's tokenizer cannot decode")
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Texts -> pooled embeddings (float32), truncated at max_tokens, not normalized."""
@@ -94,7 +161,9 @@ class ArtifactEmbedder(Embedder):
         self.dimension = model.dimension
         self.max_tokens = model.max_seq_length
         self.normalize_default = model.normalize
+        self.prompts, self.default_prompt_name = read_prompts(self.artifacts_dir, self.manifest)
         self.tokenizer: TextTokenizer | None = None
+        self._hf_tokenizer = None  # tokenizers.Tokenizer, for offsets and decoding (/tokenize, /decode)
 
     @property
     def record(self):
@@ -109,8 +178,41 @@ class ArtifactEmbedder(Embedder):
         self.manifest.verify(self.artifacts_dir, self.variant)
 
     def load(self) -> None:
-        self.tokenizer = TextTokenizer(self.artifacts_dir / self.manifest.tokenizer.path, self.max_tokens)
+        from tokenizers import Tokenizer
+
+        tokenizer_file = self.artifacts_dir / self.manifest.tokenizer.path
+        self.tokenizer = TextTokenizer(tokenizer_file, self.max_tokens)
+        self._hf_tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self._hf_tokenizer.no_padding()
+        self._hf_tokenizer.no_truncation()
         self._load_model()
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self._hf_tokenizer.get_vocab_size(with_added_tokens=True) if self._hf_tokenizer else None
+
+    def tokens(self, texts: list[str], add_special_tokens: bool = True) -> list[list[Token]]:
+        out = []
+        encodings = self._hf_tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
+        for text, encoding in zip(texts, encodings, strict=True):
+            row = []
+            for token_id, token, (start, stop), special in zip(encoding.ids, encoding.tokens, encoding.offsets,
+                                                               encoding.special_tokens_mask, strict=True):
+                # tokenizers' offsets count characters of the Python string, as TEI's do
+                if special:
+                    row.append(Token(token_id, token, True, None, None))
+                else:
+                    row.append(Token(token_id, text[start:stop], False, start, stop))
+            out.append(row)
+        return out
+
+    def decode(self, ids: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+        size = self.vocab_size
+        for row in ids:
+            bad = next((i for i in row if not 0 <= i < size), None)
+            if bad is not None:
+                raise ValueError(f"{bad} is not a token id of this model (0 .. {size - 1})")
+        return self._hf_tokenizer.decode_batch(ids, skip_special_tokens=skip_special_tokens)
 
     @abstractmethod
     def _load_model(self) -> None: ...
@@ -160,4 +262,4 @@ class ArtifactEmbedder(Embedder):
         }
 
 
-__all__ = ["ArtifactEmbedder", "ArtifactError", "Embedder", "normalize_rows", "padding_efficient_groups"]
+__all__ = ["ArtifactEmbedder", "ArtifactError", "Embedder", "Token", "normalize_rows", "padding_efficient_groups"]

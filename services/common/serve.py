@@ -14,6 +14,7 @@ from runtime.manifest import ArtifactError
 
 from .app import create_app, drain
 from .embedder import Embedder
+from .logs import configure_logging
 from .settings import ServiceSettings, SettingsError, parse_settings
 
 log = logging.getLogger("embedding_service")
@@ -94,8 +95,9 @@ def serve(
     try:
         settings = parse_settings(settings_cls, argv, prog)
         debug = settings.debug
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        uvicorn_log_config = configure_logging(settings.log_level, settings.json_output)
         embedder: Embedder = embedder_factory(settings)
+        check_prompt_setting(settings, embedder)
         embedder.verify()
     except (SettingsError, ArtifactError) as exc:
         return _fail(f"cannot start: {exc}", debug)
@@ -125,6 +127,7 @@ def serve(
         limit_concurrency=settings.max_connections,
         # The drain above already waited; this only bounds closing the connections.
         timeout_graceful_shutdown=5,
+        **({"log_config": uvicorn_log_config} if uvicorn_log_config else {}),
     )
     server = DrainingServer(config, app, settings)
 
@@ -144,6 +147,15 @@ def serve(
         print(f"error: model failed to load: {app.state.serving.load_error}", file=sys.stderr)
         return 1
     return 0
+
+
+def check_prompt_setting(settings: ServiceSettings, embedder: Embedder) -> None:
+    """A default prompt name must be one the model defines: refused at start-up, not on every request."""
+    name = settings.default_prompt_name
+    if name and name not in embedder.prompts:
+        have = ", ".join(sorted(embedder.prompts)) or "none"
+        raise SettingsError(f"invalid setting: default_prompt_name (--default-prompt-name) = {name!r}: the model's "
+                            f"sentence-transformers config defines no such prompt (it has: {have})")
 
 
 def _fail(message: str, debug: bool) -> int:

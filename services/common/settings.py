@@ -59,16 +59,49 @@ class ServiceSettings(BaseSettings):
         description="model name shown in /info and /v1/embeddings (default: the model id "
         "the artifacts were built from, never a file path)",
     )
+    served_model_name: str = Field(
+        "",
+        description="name the model is served under in /v1/models and answers (as text-embeddings-inference's "
+        "--served-model-name; default: --model-name, else the model id)",
+    )
+    auto_truncate: bool = Field(
+        True,
+        description="/embed's truncate default when a request omits it (text-embeddings-inference's "
+        "--auto-truncate; its default is false)",
+    )
+    default_prompt_name: str = Field(
+        "",
+        description="prompt (from the model's sentence-transformers config) put before every text that names "
+        "none (default: the config's own default_prompt_name)",
+    )
+    token_ids: Literal["tiktoken", "model", "reject"] = Field(
+        "tiktoken",
+        description="what token-id inputs on /v1/embeddings mean: tiktoken = OpenAI cl100k_base ids (LangChain's "
+        "default), decoded to text; model = ids of the served model's tokenizer; reject = 400",
+    )
+    otlp_endpoint: str = Field(
+        "",
+        description="OTLP/HTTP collector URL (e.g. http://otel-collector:4318) to send traces to; empty: no tracing",
+    )
+    otlp_service_name: str = Field("", description="service.name of the traces (default: the service's name)")
+    json_output: bool = Field(False, description="log one JSON object per line")
     show_versions: bool = Field(False, description="list library versions in /info")
     debug: bool = Field(False, description="print tracebacks for start-up failures")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         "info", description="uvicorn / service log level"
     )
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "token_ids", mode="before")
     @classmethod
     def _lower(cls, value):
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL of an OTLP/HTTP collector (e.g. http://host:4318)")
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _consistent(self):

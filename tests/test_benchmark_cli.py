@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from benchmarks.report import summary_table
+from benchmarks.run import DEFAULT_TIME_BUDGET_S
 
 from .conftest import REPO
 
@@ -23,7 +24,7 @@ def test_benchmark_runs_every_exercise_end_to_end(minilm_dir, minilm_artifacts, 
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert results["header"]["time_budget_s"] == 15.0  # the default budget per measurement
+    assert results["header"]["time_budget_s"] == DEFAULT_TIME_BUDGET_S  # the default budget per measurement
     header, records = results["header"], results["records"]
     assert header["threads"] == 2 and header["runs"] == 2 and header["versions"]["torch"]
     assert [i["name"] for i in header["inputs"]] == ["b1_short", "b32_mixed", "b1_long"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -236,3 +237,26 @@ def test_hostile_bodies_get_4xx_json(body, status, error_type):
         assert not_allowed.status_code == 405 and not_allowed.headers["allow"] == "POST"
         schema = client.get("/openapi.json").json()["paths"]["/embed"]["post"]["responses"]
         assert {"400", "401", "413", "422", "429", "503"} <= set(schema)
+
+
+def test_a_client_that_hangs_up_while_queued_has_its_texts_dropped():
+    """with_cancellation: on both embedding routes, a gone client's queued texts never reach the model."""
+    import threading
+
+    with fake_service(delay_s=0.6) as (base, _):
+        busy = threading.Thread(target=httpx.post, args=(f"{base}/embed",), kwargs={"json": {"inputs": "a"}})
+        busy.start()
+        time.sleep(0.15)  # the model is now running that one text for 0.6 s
+        for path, field in (("/embed", "inputs"), ("/v1/embeddings", "input")):
+            body = json.dumps({field: ["one two", "three", "four five six"]}).encode()
+            gone = socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])))
+            gone.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            time.sleep(0.05)
+            gone.close()
+        busy.join()
+        metrics = httpx.get(f"{base}/metrics").text
+        dropped = [line for line in metrics.splitlines()
+                   if line.startswith("embed_dropped_texts_total") and 'reason="disconnected"' in line]
+        assert dropped and float(dropped[0].split()[-1]) == 6.0, metrics
+        assert httpx.post(f"{base}/embed", json={"inputs": "still serving"}).status_code == 200

@@ -12,8 +12,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from runtime.manifest import ArtifactError
 
-from .app import create_app, drain
+from .app import create_app
 from .embedder import Embedder
+from .lifecycle import drain
 from .logs import configure_logging
 from .settings import ServiceSettings, SettingsError, parse_settings
 

@@ -1,29 +1,60 @@
-"""Admission by time, Retry-After, batch shape, cancellation, deadlines: the batcher with a fake model (fast lane)."""
+"""Admission by time, Retry-After, batch shape, cancellation, deadlines (fast lane).
+
+The admission arithmetic is tested on `Admission` alone, with a fake queue and a clock that moves only when told
+(exact, instant); the batcher with a fake model, gated, tests what it tells admission and the batches it shapes."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from services.common.app import create_app
-from services.common.batcher import (
+from services.common.admission import (
     WAIT_CORRECTION_QUANTILE,
+    Admission,
     DeadlineExceeded,
-    DynamicBatcher,
-    Job,
     Overloaded,
     ThroughputEstimate,
     retry_after_for,
 )
+from services.common.app import create_app
+from services.common.batcher import DynamicBatcher, Job
 from services.common.metrics import ServiceMetrics
 from services.common.settings import ServiceSettings
 
 from .fakes import FakeEmbedder
+
+
+class FakeClock:
+    """Stands still until advanced."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class FakeQueue:
+    """The Backlog admission reads: what the batcher's queue holds."""
+
+    depth: int = 0
+    queued_texts: int = 0
+    queued_tokens: int = 0
+
+    def add(self, texts: int, tokens: int) -> None:
+        self.depth += texts
+        self.queued_texts += texts
+        self.queued_tokens += tokens
 
 
 class GatedModel:
@@ -79,18 +110,20 @@ def test_admission_rejects_by_estimated_wait_and_an_empty_queue_always_admits():
     async def scenario():
         metrics = ServiceMetrics()
         model = GatedModel()
-        batcher = DynamicBatcher(model, metrics, max_batch_size=4, max_wait_ms=0, max_queue_wait_ms=1000)
+        clock = FakeClock()  # stands still: the running call's rest stays whole
+        batcher = DynamicBatcher(model, metrics, max_batch_size=4, max_wait_ms=0, max_queue_wait_ms=1000,
+                                 clock=clock)
         batcher.throughput.observe(padded_tokens=100, real_tokens=100, seconds=1.0)  # 100 tokens/s
         batcher.start()
         model.gate.clear()
         # A request of 500 tokens (5 s of work) is larger than the budget but the queue is empty: admitted.
         first = batcher.submit([[1] * 100] * 5)
         await asyncio.sleep(0.05)  # the worker takes its first batch (4 rows) and blocks on the gate
-        # 1 row (1 s) queued + the running call: over the 1 s budget, so the next request is turned away.
-        assert batcher.estimated_wait_s() > 1.0
+        # 1 row (1 s) queued + the running call (4 s): over the 1 s budget, so the next request is turned away.
+        assert batcher.estimated_wait_s() == pytest.approx(5.0)
         with pytest.raises(Overloaded) as rejected:
             batcher.submit([[1] * 10])
-        assert rejected.value.retry_after_s >= 1
+        assert rejected.value.retry_after_s == retry_after_for(5.0) == 3
         assert _metric(metrics, "embed_rejected_total", reason="queue_wait") == 1
         model.gate.set()
         result = await batcher.wait(first)
@@ -101,6 +134,22 @@ def test_admission_rejects_by_estimated_wait_and_an_empty_queue_always_admits():
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+def test_the_running_batch_counts_as_queued_work_until_it_ends():
+    clock, queue = FakeClock(), FakeQueue()
+    admission = Admission(queue, max_batch_size=4, max_queue_wait_s=10.0, clock=clock)
+    admission.throughput.observe(padded_tokens=100, real_tokens=100, seconds=1.0)  # 100 tokens/s
+    admission.batch_started(clock(), real_tokens=300, calls=1)  # 3 s of model time from now
+    clock.advance(1.0)
+    assert admission.estimated_wait_s() == pytest.approx(2.0)
+    queue.add(texts=1, tokens=100)
+    assert admission.estimated_wait_s() == pytest.approx(3.0)
+    clock.advance(5.0)  # running past its estimate: only the queue counts, never a negative rest
+    assert admission.estimated_wait_s() == pytest.approx(1.0)
+    admission.batch_started(clock(), real_tokens=300, calls=1)
+    admission.batch_ended()
+    assert admission.estimated_wait_s() == pytest.approx(1.0)
 
 
 def test_batcher_owns_batch_shape_length_sorted_groups_within_the_token_budget():
@@ -124,31 +173,24 @@ def test_batcher_owns_batch_shape_length_sorted_groups_within_the_token_budget()
 
 def test_admission_leaves_room_for_the_requests_own_batch():
     """Admitted means answered within the budget: the queue's wait plus the batch the request will run in."""
-    async def scenario():
-        model = GatedModel()
-        batcher = DynamicBatcher(model, ServiceMetrics(), max_batch_size=4, max_wait_ms=0, max_queue_wait_ms=1100)
-        batcher.throughput.observe(padded_tokens=40, real_tokens=40, seconds=0.2, texts=4)  # 0.2 s per 4 texts
-        await _occupied(batcher, model)
-        batcher._running_until = None  # the running call's rest out of the sum: only the queue counts
-        assert batcher.own_batch_s() == pytest.approx(0.2)
-        for _ in range(4):
-            batcher.submit([[1] * 10] * 4)  # 0.8 s queued + 0.2 s own batch fits 1.1 s
-        batcher.submit([[1] * 10] * 4)  # queued: the wait estimate now at 1.0 s, still within the budget alone
-        assert batcher.estimated_wait_s() == pytest.approx(1.0)
-        with pytest.raises(Overloaded, match="plus its batch"):
-            batcher.check_admission()  # but 1.0 s + its own 0.2 s batch is not
-        model.gate.set()
-        await batcher.stop()
-
-    asyncio.run(scenario())
+    queue = FakeQueue()
+    admission = Admission(queue, max_batch_size=4, max_queue_wait_s=1.1, clock=FakeClock())
+    admission.throughput.observe(padded_tokens=40, real_tokens=40, seconds=0.2, texts=4)  # 0.2 s per 4 texts
+    assert admission.own_batch_s() == pytest.approx(0.2)
+    for _ in range(5):
+        admission.admit()  # up to 0.8 s queued + 0.2 s own batch fits 1.1 s
+        queue.add(texts=4, tokens=40)
+    assert admission.estimated_wait_s() == pytest.approx(1.0)  # the wait estimate is within the budget alone
+    with pytest.raises(Overloaded, match="plus its batch"):
+        admission.check()  # but 1.0 s + its own 0.2 s batch is not
 
 
 def test_the_own_batch_margin_is_at_most_a_quarter_of_the_budget():
     # A full batch (4 texts at 1 s each) is longer than the 2 s budget: a quarter of it stands in, so a
     # request still joins a short queue instead of waiting for an empty one.
-    batcher = DynamicBatcher(GatedModel(), ServiceMetrics(), max_batch_size=4, max_queue_wait_ms=2000)
-    batcher.throughput.observe(padded_tokens=40, real_tokens=40, seconds=4.0, texts=4)
-    assert batcher.own_batch_s() == pytest.approx(0.5)
+    admission = Admission(FakeQueue(), max_batch_size=4, max_queue_wait_s=2.0)
+    admission.throughput.observe(padded_tokens=40, real_tokens=40, seconds=4.0, texts=4)
+    assert admission.own_batch_s() == pytest.approx(0.5)
 
 
 def test_a_batch_takes_whole_requests_so_none_waits_for_two_batches():
@@ -228,13 +270,14 @@ def test_texts_past_their_deadline_are_dropped_with_a_retry_after():
     async def scenario():
         metrics = ServiceMetrics()
         model = GatedModel()
-        batcher = DynamicBatcher(model, metrics, max_batch_size=1, max_wait_ms=0, max_queue_wait_ms=100)
+        clock = FakeClock()
+        batcher = DynamicBatcher(model, metrics, max_batch_size=1, max_wait_ms=0, max_queue_wait_ms=100, clock=clock)
         batcher.start()
         model.gate.clear()
         running = batcher.submit([[1]])
         await asyncio.sleep(0.02)
         late = batcher.submit([[2]])
-        await asyncio.sleep(1.2)  # past the 100 ms budget and its 1 s slack while the model is busy
+        clock.advance(1.2)  # past the 100 ms budget and its 1 s slack while the model is busy
         model.gate.set()
         await batcher.wait(running)
         with pytest.raises(DeadlineExceeded) as expired:
@@ -245,6 +288,20 @@ def test_texts_past_their_deadline_are_dropped_with_a_retry_after():
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+def test_admitted_work_is_shed_a_quarter_of_the_budget_past_it_and_at_least_a_second():
+    clock = FakeClock()
+    admission = Admission(FakeQueue(), max_batch_size=4, max_queue_wait_s=8.0, clock=clock)
+    ticket = admission.admit()
+    assert ticket.enqueued_at == clock() and ticket.deadline == pytest.approx(clock() + 8.0 + 2.0)
+    assert admission.overdue(ticket.enqueued_at, ticket.deadline, ticket.deadline) is None
+    late = admission.overdue(ticket.enqueued_at, ticket.deadline, ticket.deadline + 0.1)
+    assert isinstance(late, DeadlineExceeded) and isinstance(late, Overloaded)  # answered as a 429
+    assert late.retry_after_s == 1 and "waited 10.1 s" in str(late)
+    assert late.headers == {"Retry-After": "1", "retry-after-ms": "1000"}
+    small = Admission(FakeQueue(), max_batch_size=4, max_queue_wait_s=0.1, clock=clock).admit()
+    assert small.deadline == pytest.approx(clock() + 0.1 + 1.0)
 
 
 def _ready(client: TestClient) -> None:
@@ -307,36 +364,41 @@ def test_too_many_requests_in_flight_get_429():
 
 
 def test_the_wait_estimate_corrects_itself_by_its_measured_error():
-    async def scenario():
-        model = GatedModel()
-        batcher = DynamicBatcher(model, ServiceMetrics(), max_batch_size=1, max_wait_ms=0)
-        batcher.throughput.observe(padded_tokens=100, real_tokens=100, seconds=1.0)  # claims 1 s per 100 tokens
-        assert batcher.wait_correction == 1.0
-        now = time.perf_counter()
-        for _ in range(6):  # requests that were estimated to wait 2 s and actually waited 3 s
-            job = batcher.submit([[1]])
-            job.raw_estimate_s, job.enqueued_at = 2.0, now - 3.0
-            batcher._record_wait_error(job, now)
-        assert batcher.wait_correction == pytest.approx(1.5)
-        assert batcher.estimated_wait_s() == pytest.approx(1.5 * batcher._raw_wait_s())
-        await batcher.stop()
+    admission = Admission(FakeQueue(depth=6, queued_texts=6, queued_tokens=6), max_batch_size=1,
+                          max_queue_wait_s=30.0, clock=FakeClock())
+    admission.throughput.observe(padded_tokens=100, real_tokens=100, seconds=1.0)  # claims 1 s per 100 tokens
+    assert admission.wait_correction == 1.0
+    for count in range(6):  # requests that were estimated to wait 2 s and actually waited 3 s
+        admission.record_wait(enqueued_at=100.0, raw_estimate_s=2.0, started=103.0)
+        assert admission.wait_correction == (1.0 if count < 3 else pytest.approx(1.5))  # 4 errors before it moves
+    assert admission.raw_wait_s() > 0
+    assert admission.estimated_wait_s() == pytest.approx(1.5 * admission.raw_wait_s())
 
-    asyncio.run(scenario())
+
+def test_only_waits_long_enough_to_matter_correct_the_estimate_and_within_bounds():
+    # The threshold is min(0.5 s, a tenth of the budget): with a 1 s budget an estimate of 0.1 s counts.
+    admission = Admission(FakeQueue(), max_batch_size=1, max_queue_wait_s=1.0)
+    for _ in range(4):
+        admission.record_wait(enqueued_at=0.0, raw_estimate_s=0.09, started=0.135)
+    assert admission.wait_correction == 1.0
+    for _ in range(4):
+        admission.record_wait(enqueued_at=0.0, raw_estimate_s=0.1, started=0.15)
+    assert admission.wait_correction == pytest.approx(1.5)
+    large = Admission(FakeQueue(), max_batch_size=1, max_queue_wait_s=30.0)  # 0.5 s, not 3 s
+    for _ in range(4):
+        large.record_wait(enqueued_at=0.0, raw_estimate_s=0.4, started=0.6)
+    assert large.wait_correction == 1.0
+    for _ in range(4):
+        large.record_wait(enqueued_at=0.0, raw_estimate_s=0.5, started=5.0)  # 10x late: the correction stops at 2
+    assert large.wait_correction == 2.0
 
 
 def test_the_wait_correction_covers_nearly_all_past_errors_not_half():
     """Near saturation each admitted request waits about the budget: a median correction would let half of
     them start past it, so the correction is a high percentile of actual / estimated waits."""
-    async def scenario():
-        batcher = DynamicBatcher(GatedModel(), ServiceMetrics(), max_batch_size=1, max_wait_ms=0)
-        now = time.perf_counter()
-        ratios = [0.9, 0.95, 1.0, 1.0, 1.05, 1.1, 1.1, 1.2, 1.3, 1.4]
-        for ratio in ratios:
-            job = batcher.submit([[1]])
-            job.raw_estimate_s, job.enqueued_at = 2.0, now - 2.0 * ratio
-            batcher._record_wait_error(job, now)
-        assert batcher.wait_correction == pytest.approx(np.quantile(ratios, WAIT_CORRECTION_QUANTILE))
-        assert sum(r <= batcher.wait_correction for r in ratios) >= 9 > sum(r <= np.median(ratios) for r in ratios)
-        await batcher.stop()
-
-    asyncio.run(scenario())
+    admission = Admission(FakeQueue(), max_batch_size=1, max_queue_wait_s=30.0, clock=FakeClock())
+    ratios = [0.9, 0.95, 1.0, 1.0, 1.05, 1.1, 1.1, 1.2, 1.3, 1.4]
+    for ratio in ratios:
+        admission.record_wait(enqueued_at=100.0 - 2.0 * ratio, raw_estimate_s=2.0, started=100.0)
+    assert admission.wait_correction == pytest.approx(np.quantile(ratios, WAIT_CORRECTION_QUANTILE))
+    assert sum(r <= admission.wait_correction for r in ratios) >= 9 > sum(r <= np.median(ratios) for r in ratios)

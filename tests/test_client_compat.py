@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.common import token_ids as token_ids_module
+from services.common.admission import MAX_RETRY_AFTER_S, retry_after_for, retry_headers
 from services.common.app import create_app
-from services.common.batcher import MAX_RETRY_AFTER_S, retry_after_for, retry_headers
 from services.common.logs import JsonFormatter
 from services.common.settings import ServiceSettings, SettingsError, parse_settings
 

@@ -16,7 +16,7 @@ from importlib import metadata
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from .batcher import Overloaded, retry_after_for, retry_headers
+from .admission import Overloaded, in_flight_overload
 from .embedder import Embedder
 from .errors import ErrorType, error_response, install_error_handlers
 from .handling import EmbeddingService, ServingState
@@ -25,7 +25,7 @@ from .metrics import ServiceMetrics
 from .routes import add_read_routes, add_work_routes
 from .settings import ServiceSettings
 from .token_ids import TokenIdReader
-from .tracing import NO_TRACE, Tracing
+from .tracing import NO_TRACE, NoTrace, RequestTrace, Tracing
 
 __all__ = ["create_app", "drain"]
 
@@ -83,9 +83,9 @@ class EdgeMiddleware:
                 status_seen.append(message["status"])
             await send(message)
 
-        trace = self.tracing.start(scope) if self.tracing.enabled else NO_TRACE
+        trace: NoTrace | RequestTrace = self.tracing.start(scope) if self.tracing.enabled else NO_TRACE
         scope.setdefault("state", {})["trace"] = trace
-        trace_token = trace.activate() if trace.enabled else None
+        trace_token = trace.activate()
         embedding = path in WORK_ROUTES and scope["method"] == "POST"
         if embedding:
             self.state.in_flight += 1
@@ -107,8 +107,7 @@ class EdgeMiddleware:
             if route in WORK_ROUTES:
                 self.metrics.request_duration.labels(route=route).observe(time.perf_counter() - started)
             trace.end(status_seen[0] if status_seen else None)
-            if trace_token is not None:
-                trace.deactivate(trace_token)
+            trace.deactivate(trace_token)
 
     def _reject_early(self, scope, path: str, embedding: bool) -> Response | None:
         if self._keys and path not in OPEN_ROUTES and not self._authorized(scope):
@@ -129,27 +128,15 @@ class EdgeMiddleware:
                 {"Retry-After": "1", "Connection": "close"},
                 path,
             )
-        if self.state.in_flight > self.settings.max_concurrent_requests:
-            self.metrics.rejected.labels(reason="concurrency").inc()
-            wait = self.state.batcher.estimated_wait_s() if self.state.batcher else 0.0
-            return error_response(
-                429,
-                f"overloaded: {self.settings.max_concurrent_requests} requests in flight; retry later",
-                ErrorType.OVERLOADED.value,
-                retry_headers(retry_after_for(wait)),
-                path,
-            )
-        if self.state.ready and self.state.batcher is not None:
-            try:
-                self.state.batcher.check_admission()
-            except Overloaded as exc:
-                return error_response(
-                    429,
-                    f"overloaded: {exc}; retry later",
-                    ErrorType.OVERLOADED.value,
-                    retry_headers(exc.retry_after_s),
-                    path,
-                )
+        admission = self.state.batcher.admission if self.state.batcher is not None else None
+        try:
+            if self.state.in_flight > self.settings.max_concurrent_requests:
+                self.metrics.rejected.labels(reason="concurrency").inc()
+                raise in_flight_overload(self.settings.max_concurrent_requests, admission)
+            if self.state.ready and admission is not None:
+                admission.check()
+        except Overloaded as exc:
+            return error_response(429, f"overloaded: {exc}; retry later", ErrorType.OVERLOADED.value, exc.headers, path)
         return None
 
     def _authorized(self, scope) -> bool:

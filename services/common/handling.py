@@ -12,11 +12,13 @@ import functools
 import time
 from contextlib import suppress
 from dataclasses import asdict, dataclass
+from typing import cast
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from .batcher import BatchResult, DeadlineExceeded, DynamicBatcher, Job, Overloaded, ShuttingDown, retry_headers
+from .admission import Overloaded
+from .batcher import BatchResult, DynamicBatcher, Job, ShuttingDown
 from .embedder import Embedder
 from .errors import ApiError, ErrorType
 from .inputs import check_dimensions, check_model_ids, finish_vectors, is_token_ids, prompt_for, token_id_rows
@@ -114,6 +116,12 @@ class EmbeddingService:
         self.bare_tokens = 0  # tokens of the empty text (special tokens only): set at warm-up
         self.started_at = int(time.time())
 
+    @property
+    def batcher(self) -> DynamicBatcher:
+        if self.state.batcher is None:
+            raise RuntimeError("the app's lifespan has not started: there is no queue")
+        return self.state.batcher
+
     # -- validate ------------------------------------------------------------------------------------------------
     def require_ready(self) -> None:
         if self.state.draining:
@@ -201,14 +209,14 @@ class EmbeddingService:
     def admit(self, token_ids: list[list[int]]) -> Job:
         """Queue the rows, or 429 where the queue's estimated wait would pass the budget."""
         try:
-            return self.state.batcher.submit(token_ids)
+            return self.batcher.submit(token_ids)
         except Overloaded as exc:
             raise overloaded(exc) from None
 
     async def batch(self, request: Request, token_ids: list[list[int]]) -> BatchResult:
         """Admit the rows and wait for their vectors (raw: not normalized). A cancelled wait (the client left,
         see with_cancellation) drops the rows still queued."""
-        batcher = self.state.batcher
+        batcher = self.batcher
         job = self.admit(token_ids)
         try:
             # Shielded: a cancelled await would cancel the job's future itself, before cancel() could count and
@@ -217,7 +225,7 @@ class EmbeddingService:
         except asyncio.CancelledError:
             batcher.cancel(job)
             raise
-        except DeadlineExceeded as exc:  # load shed from the queue: an overload answer, not a server fault
+        except Overloaded as exc:  # shed from the queue past its deadline: an overload answer, not a server fault
             raise overloaded(exc) from None
         except ShuttingDown as exc:
             raise ApiError(ErrorType.UNHEALTHY, f"not run: {exc}", {"Retry-After": "1"}) from None
@@ -259,9 +267,10 @@ class EmbeddingService:
             raise ApiError(ErrorType.INVALID_TEXT, "model is not valid Unicode (it holds a lone surrogate)",
                            param="model")
         if is_token_ids(body.input):
-            token_ids = await self.token_id_input(request, token_id_rows(body.input))
+            token_ids = await self.token_id_input(request, token_id_rows(cast(list, body.input)))
         else:
-            token_ids = await self.tokenize(request, body.input, truncate=True, prompt=self.prompt(), openai=True)
+            texts = cast(str | list[str], body.input)
+            token_ids = await self.tokenize(request, texts, truncate=True, prompt=self.prompt(), openai=True)
         result = await self.batch(request, token_ids)
         vectors = finish_vectors(result.embeddings, body.dimensions, self.embedder.normalize_default)
         if body.encoding_format == "base64":
@@ -330,6 +339,6 @@ class EmbeddingService:
             details["versions"] = versions
         return details
 
-def overloaded(exc: Overloaded | DeadlineExceeded) -> ApiError:
+def overloaded(exc: Overloaded) -> ApiError:
     """The one 429 of the request path: the queue would not answer within the budget (or shed the request)."""
-    return ApiError(ErrorType.OVERLOADED, f"overloaded: {exc}; retry later", retry_headers(exc.retry_after_s))
+    return ApiError(ErrorType.OVERLOADED, f"overloaded: {exc}; retry later", exc.headers)

@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from runtime.markdown import table
 from runtime.similarity import parity_report
 
 from .timing import dynamo_graph_count, time_calls
@@ -60,18 +60,14 @@ class Lab:
 
     # --- plumbing -------------------------------------------------------------------------------------
     def _environment(self) -> dict:
+        from runtime.host import package_versions
+
         torch = self.torch
-        env = {"python": platform.python_version(), "torch": torch.__version__, "device": self.args.device,
+        env = {**package_versions(("torch", "transformers")), "device": self.args.device,
                "cpu_threads": torch.get_num_threads(), "weights": "random (seed 0), MPNet-base reference configuration",
                "config": TINY_CONFIG if self.args.tiny else REFERENCE_CONFIG}
         if self.transformer is not None:
             env["weights"], env["config"] = "trained (the artifact's fp32 weights)", self.transformer.config.to_dict()
-        try:
-            import transformers
-
-            env["transformers"] = transformers.__version__
-        except ImportError:
-            pass
         if self.device.type == "cuda":
             props = torch.cuda.get_device_properties(0)
             env.update(gpu=torch.cuda.get_device_name(0), capability=f"{props.major}.{props.minor}",
@@ -285,53 +281,45 @@ def render_markdown(results: dict) -> str:
              "Times are medians in ms.", ""]
     sections = results["sections"]
     if "placement" in sections and "rows" in sections["placement"]:
-        lines += ["## Placement: fp32 eager, CPU vs GPU", "",
-                  "| batch | CPU ms | GPU ms | GPU speedup | min cos GPU vs CPU |",
-                  "|---|---|---|---|---|"]
+        rows = []
         for r in sections["placement"]["rows"]:
             gpu = r.get("gpu", {}).get("median_ms")
-            lines.append(f"| {r['batch']} | {r['cpu']['median_ms']:.2f} | {gpu if gpu is not None else '-'} | "
-                         f"{r.get('gpu_vs_cpu', '-')} | {r.get('fidelity_gpu_vs_cpu', {}).get('min_cosine', '-')} |")
-        lines.append("")
+            rows.append([r["batch"], f"{r['cpu']['median_ms']:.2f}", gpu if gpu is not None else "-",
+                         r.get("gpu_vs_cpu", "-"), r.get("fidelity_gpu_vs_cpu", {}).get("min_cosine", "-")])
+        lines += ["## Placement: fp32 eager, CPU vs GPU", "",
+                  table(["batch", "CPU ms", "GPU ms", "GPU speedup", "min cos GPU vs CPU"], rows), ""]
     if "copy" in sections and "rows" in sections["copy"]:
+        rows = [[r["batch"], r["bytes"], f"{r['pageable']['median_ms']:.4f}",
+                 f"{r['pinned_non_blocking']['median_ms']:.4f}"] for r in sections["copy"]["rows"]]
         lines += ["## Host-to-device copy of a tokenized batch", "",
-                  "| batch | bytes | pageable ms | pinned non_blocking ms |",
-                  "|---|---|---|---|"]
-        for r in sections["copy"]["rows"]:
-            lines.append(f"| {r['batch']} | {r['bytes']} | {r['pageable']['median_ms']:.4f} | "
-                         f"{r['pinned_non_blocking']['median_ms']:.4f} |")
-        lines.append("")
+                  table(["batch", "bytes", "pageable ms", "pinned non_blocking ms"], rows), ""]
     if "precision" in sections and "rows" in sections["precision"]:
+        measured = sections["precision"]["rows"]
+        base = measured[0] if measured else None
+        rows = [[r["variant"], f"{r['b1']['median_ms']:.2f}", f"{r['b32']['median_ms']:.2f}",
+                 f"{r['b128']['median_ms']:.2f}", f"{base['b32']['median_ms'] / r['b32']['median_ms']:.2f}",
+                 f"{base['b128']['median_ms'] / r['b128']['median_ms']:.2f}",
+                 f"{r['b128_fidelity']['min_cosine']:.5f}", f"{r['b128_fidelity']['mean_cosine']:.5f}"]
+                for r in measured]
         lines += ["## Precision (eager): time and fidelity vs fp32", "",
-                  "| variant | b1 ms | b32 ms | b128 ms | b32 x vs fp32 | b128 x vs fp32 | min cos (b128) "
-                  "| mean cos (b128) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        rows = sections["precision"]["rows"]
-        base = rows[0] if rows else None
-        for r in rows:
-            lines.append(f"| {r['variant']} | {r['b1']['median_ms']:.2f} | {r['b32']['median_ms']:.2f} | "
-                         f"{r['b128']['median_ms']:.2f} | {base['b32']['median_ms'] / r['b32']['median_ms']:.2f} | "
-                         f"{base['b128']['median_ms'] / r['b128']['median_ms']:.2f} | "
-                         f"{r['b128_fidelity']['min_cosine']:.5f} | {r['b128_fidelity']['mean_cosine']:.5f} |")
-        lines.append("")
+                  table(["variant", "b1 ms", "b32 ms", "b128 ms", "b32 x vs fp32", "b128 x vs fp32", "min cos (b128)",
+                         "mean cos (b128)"], rows), ""]
     if "compile" in sections and "rows" in sections["compile"]:
         eager = sections["compile"].get("eager_same_dtype_ms", {})
-        lines += ["## torch.compile modes (sizes in order b1 -> b32 -> b128)", "",
-                  f"Eager, same dtype: {eager}", "",
-                  "| mode | batch | first call ms (compile) | graphs compiled | steady ms | min cos vs fp32 |",
-                  "|---|---|---|---|---|---|"]
+        rows = []
         for r in sections["compile"]["rows"]:
             if "skipped" in r or not r.get("sizes"):
-                lines.append(f"| {r['mode']} | - | {r.get('skipped') or r.get('error', '')} | | | |")
+                rows.append([r["mode"], "-", r.get("skipped") or r.get("error", ""), "", "", ""])
                 continue
             for s in r["sizes"]:
-                lines.append(f"| {r['mode']} ({r['dtype']}) | {s['batch']} | {s['first_call_ms']:.0f} | "
-                             f"{s['graphs_compiled']} | "
-                             f"{s['steady']['median_ms']:.2f} | {s['fidelity_vs_fp32']['min_cosine']:.5f} |")
-            for key in ("error", "sizes_skipped"):
-                if r.get(key):
-                    lines.append(f"| {r['mode']} | {key} | {r[key][:200]} | | | |")
-        lines.append("")
+                rows.append([f"{r['mode']} ({r['dtype']})", s["batch"], f"{s['first_call_ms']:.0f}",
+                             s["graphs_compiled"], f"{s['steady']['median_ms']:.2f}",
+                             f"{s['fidelity_vs_fp32']['min_cosine']:.5f}"])
+            rows += [[r["mode"], key, r[key][:200], "", "", ""] for key in ("error", "sizes_skipped") if r.get(key)]
+        lines += ["## torch.compile modes (sizes in order b1 -> b32 -> b128)", "",
+                  f"Eager, same dtype: {eager}", "",
+                  table(["mode", "batch", "first call ms (compile)", "graphs compiled", "steady ms", "min cos vs fp32"],
+                        rows), ""]
     for name, why in results.get("skipped", {}).items():
         lines.append(f"- {name}: skipped ({why})")
     for name, body in sections.items():

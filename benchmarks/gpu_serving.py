@@ -32,12 +32,13 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from runtime.markdown import table
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("build", "torch_api", "onnx_api", "host_cpu")
@@ -73,20 +74,17 @@ def cpu_description() -> dict:
     from runtime.host import probe_cpu
 
     host = probe_cpu()
-    return {"model": host.model, "cores": os.cpu_count(), "flags": sorted(host.features)}
+    return {"model": host.model, "cores": host.cores, "flags": sorted(host.features)}
 
 
 def environment(args) -> dict:
-    env = {"python": platform.python_version(), "device": args.device, "cpu": cpu_description(),
+    from runtime.host import package_versions
+
+    versions = package_versions(NEEDED_MODULES, keep_missing=True)
+    env = {"python": versions.pop("python"), "device": args.device, "cpu": cpu_description(),
            "weights": "given artifacts" if args.artifacts else "random (seed 0), MPNet-base reference configuration"}
-    missing = []
-    for name in NEEDED_MODULES:
-        try:
-            module = __import__(name)
-            env[name] = getattr(module, "__version__", "?")
-        except ImportError:
-            missing.append(name)
-    env["missing_modules"] = missing
+    env.update({name: version for name, version in versions.items() if version is not None})
+    env["missing_modules"] = [name for name, version in versions.items() if version is None]
     try:
         import torch
 
@@ -326,26 +324,19 @@ def render_markdown(results: dict) -> str:
                   f"{info.get('compile_mode', '-')}; served parity "
                   f"{(info.get('served_parity') or {}).get('min_cosine', '-')}); "
                   f"GPU memory {body.get('gpu_memory')}.", "",
-                  "| clients | texts/request | goodput texts/s | p50 ms | p95 ms | model ms (median) | 429 share |",
-                  "|---|---|---|---|---|---|---|"]
-        for c in body["cells"]:
-            if "skipped" in c:
-                lines.append(f"| {c['clients']} | {c['texts']} | skipped: {c['skipped']} | | | | |")
-                continue
-            lines.append(f"| {c['clients']} | {c['texts']} | {c['goodput_texts_per_s']} | {c['p50_ms']} | "
-                         f"{c['p95_ms']} | {c['server_ms_median']} | {c['share_429']} |")
-        lines.append("")
+                  table(["clients", "texts/request", "goodput texts/s", "p50 ms", "p95 ms", "model ms (median)",
+                         "429 share"],
+                        [[c["clients"], c["texts"], f"skipped: {c['skipped']}", "", "", "", ""] if "skipped" in c else
+                         [c["clients"], c["texts"], c["goodput_texts_per_s"], c["p50_ms"], c["p95_ms"],
+                          c["server_ms_median"], c["share_429"]] for c in body["cells"]]), ""]
     host = sections.get("host_cpu")
     if isinstance(host, dict) and "threads" in host:
         lines += ["## Host CPU: int8 against fp32 (python -m benchmarks --only ex1,ex3,ex6)", ""]
         for count, rows in host["threads"].items():
             lines += [f"{count} threads:", "",
-                      "| exercise | variant | input | median ms | fp32 ms | x vs fp32 | min cos |",
-                      "|---|---|---|---|---|---|---|"]
-            for r in rows if isinstance(rows, list) else []:
-                lines.append(f"| {r['exercise']} | {r['variant']} | {r['input']} | {r['median_ms']} | {r['fp32_ms']} | "
-                             f"{r['x_vs_fp32']} | {r['min_cosine']} |")
-            lines.append("")
+                      table(["exercise", "variant", "input", "median ms", "fp32 ms", "x vs fp32", "min cos"],
+                            [[r["exercise"], r["variant"], r["input"], r["median_ms"], r["fp32_ms"], r["x_vs_fp32"],
+                              r["min_cosine"]] for r in (rows if isinstance(rows, list) else [])]), ""]
     for name, why in results.get("skipped", {}).items():
         lines.append(f"- {name}: skipped ({why})")
     for name, body in sections.items():

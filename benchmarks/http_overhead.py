@@ -55,8 +55,7 @@ def _stats(samples: list[float], requests: int) -> dict:
 
 def main(argv=None) -> int:
     from loadtest.processes import running_service
-    from services.onnx_api.embedder import OnnxEmbedder, OnnxSettings
-    from services.torch_api.embedder import TorchEmbedder, TorchSettings
+    from services.catalog import SERVICES
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.http_overhead", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,11 +64,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("results/http_overhead.json"))
     args = parser.parse_args(argv)
-    services = {"torch_api": ("services.torch_api", TorchSettings, TorchEmbedder),
-                "onnx_api": ("services.onnx_api", OnnxSettings, OnnxEmbedder)}
     results = {"artifacts": str(args.artifacts), "threads": args.threads, "text": SHORT_TEXT, "services": {}}
-    for name, (module, settings_cls, embedder_cls) in services.items():
-        with running_service(module, args.artifacts, threads=args.threads) as base:
+    for name, row in SERVICES.items():
+        settings_cls, embedder_cls = row.classes()
+        with running_service(row.module, args.artifacts, threads=args.threads) as base:
             import httpx
 
             info = httpx.get(f"{base}/info").json()

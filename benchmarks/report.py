@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runtime.markdown import table
+
 EXERCISE_TITLES = {
     "ex1": "Ex1: eval modes and autograd",
     "ex2": "Ex2: torch.compile (CPU)",
@@ -62,17 +64,12 @@ def write_markdown(results: dict, path: Path) -> None:
         skipped = [r for r in records if r["skipped"]]
         measured = [r for r in records if not r["skipped"]]
         if measured:
-            lines += ["| variant | device | input | batch x seq | median ms | mean ms | p95 ms | speedup | min cos "
-                      "| gate: min cos / top-10 agreement | runs |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|"]
-            for r in measured:
-                lines.append(
-                    f"| {r['variant']} | {r['device']} | {r['input']} | {r['batch_size']} x {r['seq_len']} | "
-                    f"{_fmt(r['median_ms'])} | {_fmt(r['mean_ms'])} | {_fmt(r['p95_ms'])} | "
-                    f"{_fmt(r['speedup'], '{:.2f}x')} | {_fmt(r['min_cosine'], '{:.4f}')} | "
-                    f"{gate_cell(h.get('gate', {}).get(r['variant']))} | {r['runs']} |"
-                )
-            lines.append("")
+            rows = [[r["variant"], r["device"], r["input"], f"{r['batch_size']} x {r['seq_len']}", _fmt(r["median_ms"]),
+                     _fmt(r["mean_ms"]), _fmt(r["p95_ms"]), _fmt(r["speedup"], "{:.2f}x"),
+                     _fmt(r["min_cosine"], "{:.4f}"), gate_cell(h.get("gate", {}).get(r["variant"])), r["runs"]]
+                    for r in measured]
+            lines += [table(["variant", "device", "input", "batch x seq", "median ms", "mean ms", "p95 ms", "speedup",
+                             "min cos", "gate: min cos / top-10 agreement", "runs"], rows), ""]
         if skipped:
             variants = sorted({r["variant"] for r in skipped})
             lines += [f"Skipped ({skipped[0]['skipped']}): {', '.join(variants)}", ""]
@@ -86,9 +83,9 @@ def write_markdown(results: dict, path: Path) -> None:
                   f"({sizes['ratio']}x smaller)", ""]
     if "compile_cpu" in extras:
         lines += ["## Ex2 details: compile + first call per input size (in order)", "",
-                  "| input | first call ms | graphs compiled |", "|---|---|---|"]
-        lines += [f"| {c['input']} | {c['first_call_ms']:.0f} | {c['graphs_compiled']} |"
-                  for c in extras["compile_cpu"]]
+                  table(["input", "first call ms", "graphs compiled"],
+                        [[c["input"], f"{c['first_call_ms']:.0f}", c["graphs_compiled"]]
+                         for c in extras["compile_cpu"]])]
         lines += ["", "A size change after the first compile triggers a recompilation (a graph with dynamic shapes); "
                   "later sizes reuse it.", ""]
     if "onnx_cold_start_ms" in extras:

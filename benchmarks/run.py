@@ -152,7 +152,7 @@ def hardware_info() -> dict:
     from runtime.host import probe_cpu
 
     host = probe_cpu()
-    info = {"cpu": host.model, "logical_cores": os.cpu_count(), "isa": sorted(host.features),
+    info = {"cpu": host.model, "logical_cores": host.cores, "isa": sorted(host.features),
             "platform": platform.platform()}
     try:
         import torch

@@ -16,13 +16,13 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 
 from runtime import measure_here
-from runtime.host import HostCpu, probe_cpu
+from runtime.batching import padding_efficient_groups
+from runtime.host import HostCpu, package_versions, probe_cpu
 from runtime.manifest import MANIFEST_FILE, ArtifactRecord, FileEntry, Manifest, Parity, TokenizerInfo
-from runtime.similarity import PARITY_MIN_COSINE, fidelity_report, rowwise_cosine
+from runtime.similarity import PARITY_MIN_COSINE, fidelity_report, gate_failures, rowwise_cosine
 from runtime.variants import VARIANTS, Variant, default_build
 
 from .corpus import calibration_sentences, parity_texts, retrieval_texts
@@ -58,13 +58,8 @@ class Progress:
 
 
 def tool_versions() -> dict:
-    versions = {"python": platform.python_version()}
-    for name in _TOOLS:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    """The build's tools as the manifest records them (None: not installed)."""
+    return package_versions(_TOOLS, keep_missing=True)
 
 
 def check_destination(out: Path, model_dir: Path, force: bool) -> None:
@@ -86,18 +81,8 @@ def embed_in_service_batches(run, tokenizer, texts: list[str], recipe: Recipe = 
 def embed_length_sorted(run, tokenizer, texts: list[str], batch: int = 32):
     """fp32 reference embeddings in length-sorted batches: fp32 output does not depend on batch mates (padding
     is masked), so the reference pads little; the variants are measured in service batches."""
-    import numpy as np
-
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = None
-    for start in range(0, len(order), batch):
-        group = order[start : start + batch]
-        encoded = tokenizer.encode([texts[i] for i in group])
-        vectors = run(encoded.input_ids, encoded.attention_mask)
-        if out is None:
-            out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
-        out[group] = vectors
-    return out
+    groups = padding_efficient_groups([len(t) for t in texts], max_padding=None, max_size=batch)
+    return measure_here.embed_in_groups(run, tokenizer, texts, groups)
 
 
 def build(model: str, out: Path, force: bool = False, threads: int | None = None, opset: int = 17,
@@ -178,12 +163,9 @@ class BuildState:
             return Parity.from_dict(fidelity_report(embeddings, self.reference[picks], len(picks),
                                                     min_top10=self.recipe.min_top10_agreement))
         embeddings, done = self.embed_until_failing(run, self.batches(self.texts, row))
-        if len(done) == n:
-            rest = self.retrieval[n:]
-            vectors = np.zeros((len(rest), embeddings.shape[1]), dtype=np.float32)
-            for group in self.batches(rest, row):
-                batch = self.tokenizer.encode([rest[i] for i in group])
-                vectors[group] = run(batch.input_ids, batch.attention_mask)
+        rest = self.retrieval[n:]
+        if len(done) == n and rest:
+            vectors = measure_here.embed_in_groups(run, self.tokenizer, rest, self.batches(rest, row))
             embeddings, done = np.concatenate([embeddings, vectors]), np.arange(len(self.retrieval))
         return Parity.from_dict(fidelity_report(embeddings[done], self.reference[done], min(len(done), n),
                                                 min_top10=self.recipe.min_top10_agreement))
@@ -195,9 +177,7 @@ class BuildState:
         counts = self.tokenizer.count_tokens(texts)
         if row.batch_mates_matter:
             return service_batches(counts, self.recipe.service_batch, self.recipe.service_window)
-        order = sorted(range(len(texts)), key=lambda i: counts[i])
-        size = self.recipe.service_batch
-        return [order[i : i + size] for i in range(0, len(order), size)]
+        return padding_efficient_groups(counts, max_padding=None, max_size=self.recipe.service_batch)
 
     def embed_until_failing(self, run, groups: list[list[int]]):
         """The parity texts, group by group, until one falls below the gate's min cosine:
@@ -214,7 +194,7 @@ class BuildState:
             done += group
             # at least one window, so that the figures' top-10 neighbours have a corpus to be found in
             if len(done) >= self.recipe.service_window and \
-                    float(rowwise_cosine(embeddings[done], self.reference[done]).min()) < PARITY_MIN_COSINE:
+                    gate_failures(float(rowwise_cosine(embeddings[done], self.reference[done]).min())):
                 break
         return embeddings, np.array(sorted(done))
 

@@ -35,7 +35,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", default="id",
                    help="column / field holding the id (default: id); rows without one get SOURCE:ROW")
     p.add_argument("--batch-size", type=positive, default=16,
-                   help="texts per model call, after sorting a part by length (default: 16; 8 and 16 tied best "
+                   help="most texts per model call, after sorting a part by length; a call is cut earlier where "
+                   "padding would grow, as in the services (default: 16; 8 and 16 tied best "
                    "of 8-64 for MPNet int8 on 2 cores: bulk_embed/reference)")
     p.add_argument("--rows-per-part", type=positive, default=500,
                    help="rows per output part, the unit of resume (default: 500)")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.manifest import ArtifactError, Manifest
+from runtime.batching import padding_efficient_groups
+from runtime.manifest import ArtifactError, Manifest, public_model_name
 from runtime.measure_here import HostMeasurements
 from runtime.pooling import normalize_rows
 from runtime.selection import choose
@@ -30,12 +31,6 @@ def select_variant(manifest: Manifest, requested: str = "auto", artifacts_dir: P
                       time_here=here.time_here if here else None).variant
     except ArtifactError as exc:
         raise ArtifactError(f"--variant {requested}: {exc}") from None
-
-
-def public_model_name(source: str) -> str:
-    """The model as users know it: a hub id stays, a local folder shows its name only (as the services do)."""
-    source = source.rstrip("/").replace("\\", "/")
-    return source.rsplit("/", 1)[-1] if source.startswith(("/", ".", "~")) or source.count("/") > 1 else source
 
 
 class Encoder:
@@ -61,13 +56,11 @@ class Encoder:
     def embed_ids(self, ids: list[list[int]], batch_size: int) -> np.ndarray:
         """Rows (truncated ids) -> float32 [len(ids), dimension], L2-normalized when the model is.
 
-        Rows run sorted by length, `batch_size` per model call, so a call pads little; the result is in
-        the input order.
+        Rows run sorted by length, at most `batch_size` per model call, cut where the services cut
+        (runtime.batching), so a call pads little; the result is in the input order.
         """
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), batch_size):
-            group = order[start:start + batch_size]
+        for group in padding_efficient_groups([len(row) for row in ids], max_size=batch_size):
             batch = self.tokenizer.pad([ids[i] for i in group])
             out[group] = self.runner.run(batch.input_ids, batch.attention_mask)
         return normalize_rows(out) if self.normalize else out

@@ -24,10 +24,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from runtime.manifest import Manifest
+from runtime.manifest import Manifest, public_model_name
 
 from . import output
-from .encoder import public_model_name, select_variant
+from .encoder import select_variant
 from .inputs import InputError, discover, plan
 from .worker import PartWorker, WorkerConfig
 

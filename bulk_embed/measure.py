@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.markdown import table
+
 from .encoder import Encoder
 from .output import PART_GLOB, SUMMARY_FILE, done_parts
 
@@ -121,6 +123,14 @@ def cpu_model() -> str:
 def markdown(results: dict) -> str:
     r = results
     ip = r["in_process"]
+    rows = [[f"in-process, {ip['threads']} threads, no Ray", ip["batch_size"], f"{ip['seconds']:.1f}", "-", "-",
+             f"{ip['seconds']:.1f}", f"{ip['texts_per_s']:.1f}", f"{ip['tokens_per_s']:.0f}", "1.00"]]
+    for run in r["bulk"]:
+        s = run["summary"]["this_run"]
+        rows.append([f"bulk_embed, {run['workers']} x {run['threads']} (workers x threads)", ip["batch_size"],
+                     f"{s['wall_s']:.1f}", f"{s['ray_start_s']:.1f}", f"{s['pipeline_s']:.1f}",
+                     f"{s['worker_busy_s'] / run['workers']:.1f}", f"{s['texts_per_s']:.1f}",
+                     f"{s['tokens_per_s']:.0f}", f"{run['overhead_wall']:.2f}; {run['overhead_pipeline']:.2f}"])
     lines = [
         "# Bulk embedding: reference run",
         "",
@@ -129,18 +139,9 @@ def markdown(results: dict) -> str:
         f"{r['texts']} texts of the demo corpus ({r['tokens']} tokens after truncation, "
         f"{r['tokens'] / r['texts']:.0f} per text), parts of {r['rows_per_part']} texts. {r['date']}.",
         "",
-        "| run | batch | wall s | Ray start s | pipeline s | busy s / worker | texts/s (wall) | tokens/s | "
-        "in-process / this (wall; pipeline) |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| in-process, {ip['threads']} threads, no Ray | {ip['batch_size']} | {ip['seconds']:.1f} | - | - | "
-        f"{ip['seconds']:.1f} | {ip['texts_per_s']:.1f} | {ip['tokens_per_s']:.0f} | 1.00 |",
+        table(["run", "batch", "wall s", "Ray start s", "pipeline s", "busy s / worker", "texts/s (wall)", "tokens/s",
+               "in-process / this (wall; pipeline)"], rows),
     ]
-    for run in r["bulk"]:
-        s = run["summary"]["this_run"]
-        lines.append(f"| bulk_embed, {run['workers']} x {run['threads']} (workers x threads) | {ip['batch_size']} | "
-                     f"{s['wall_s']:.1f} | {s['ray_start_s']:.1f} | {s['pipeline_s']:.1f} | "
-                     f"{s['worker_busy_s'] / run['workers']:.1f} | {s['texts_per_s']:.1f} | {s['tokens_per_s']:.0f} | "
-                     f"{run['overhead_wall']:.2f}; {run['overhead_pipeline']:.2f} |")
     lines += [
         "",
         "*wall*: the job, from its checks and plan to its summary (Ray's start, the actors' start and model "

@@ -21,8 +21,12 @@ from pathlib import Path
 
 from locust import FastHttpUser, events, task
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # locust loads this file by path
+# Locust loads this file by path: its folder for validation.py, the repository root for the services' table.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from validation import validate_embeddings  # noqa: E402
+
+from services.catalog import ONNX_API, TORCH_API  # noqa: E402
 
 _DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "build_artifacts" / "data" / "sentences.txt"
 CORPUS_FILE = Path(os.environ.get("LOADTEST_CORPUS", _DEFAULT_CORPUS))
@@ -90,12 +94,18 @@ class _EmbeddingUser(FastHttpUser):
                 response.success()
 
 
+def _host(service) -> str:
+    """$<SERVICE>_URL, else the service's default port on this machine (services/catalog.py)."""
+    return os.environ.get(service.url_env, service.local_url())
+
+
+# One class per row of services/catalog.py, named as its `locust_user` (tests/test_service_catalog.py checks).
 class TorchApiUser(_EmbeddingUser):
-    host = os.environ.get("TORCH_API_URL", "http://127.0.0.1:8001")
+    host = _host(TORCH_API)
 
 
 class OnnxApiUser(_EmbeddingUser):
-    host = os.environ.get("ONNX_API_URL", "http://127.0.0.1:8002")
+    host = _host(ONNX_API)
 
 
 @events.init_command_line_parser.add_listener

@@ -24,13 +24,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from runtime.markdown import table
+from services.catalog import SERVICES
 from services.common.probe import metric_value
 
 from .processes import REPO, running_service
 
 REJECTED_NAME = "/embed 429 (backed off)"  # the name locustfile.py gives 429 answers
-
-SERVICES = {"torch_api": ("TorchApiUser", "services.torch_api"), "onnx_api": ("OnnxApiUser", "services.onnx_api")}
 
 
 def run_locust(
@@ -204,17 +204,9 @@ def in_process_throughput(
 
     The ceiling a service can reach on these texts; the report divides saturation goodput by its best.
     """
-    if service == "onnx_api":
-        from services.onnx_api.embedder import OnnxEmbedder as embedder_cls
-        from services.onnx_api.embedder import OnnxSettings as settings_cls
-
-        extra = {}
-    else:
-        from services.torch_api.embedder import TorchEmbedder as embedder_cls
-        from services.torch_api.embedder import TorchSettings as settings_cls
-
-        extra = {"compile": False}
-    embedder = embedder_cls(settings_cls(artifacts_dir=artifacts, threads=threads, **extra))
+    row = SERVICES[service]
+    settings_cls, embedder_cls = row.classes()
+    embedder = embedder_cls(settings_cls(artifacts_dir=artifacts, threads=threads, **row.in_process_settings))
     embedder.load()
     embedder.warmup()
     rates = {}
@@ -240,9 +232,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="python -m loadtest.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts/all-mpnet-base-v2"))
-    parser.add_argument("--torch-url", default=None, help="target a running torch_api instead of starting one")
-    parser.add_argument("--onnx-url", default=None, help="target a running onnx_api instead of starting one")
-    parser.add_argument("--services", default="torch_api,onnx_api")
+    for row in SERVICES.values():
+        parser.add_argument(f"--{row.short}-url", default=None,
+                            help=f"target a running {row.name} instead of starting one")
+    parser.add_argument("--services", default=",".join(SERVICES))
     parser.add_argument("--users", default="1,8,32,128,512", help="comma list of concurrent closed-loop users")
     parser.add_argument("--texts", type=int, default=8, help="texts per request (the same for every request)")
     parser.add_argument(
@@ -271,7 +264,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     users = [int(u) for u in args.users.split(",")]
-    urls = {"torch_api": args.torch_url, "onnx_api": args.onnx_url}
+    urls = {name: getattr(args, f"{row.short}_url") for name, row in SERVICES.items()}
     corpus = [
         line.strip()
         for line in (REPO / "build_artifacts" / "data" / "sentences.txt").read_text().splitlines()
@@ -290,7 +283,7 @@ def main(argv=None) -> int:
         "services": {},
     }
     for service in args.services.split(","):
-        user_class, module = SERVICES[service]
+        row = SERVICES[service]
         ceiling = None
         if args.in_process_s and urls[service] is None:
             print(f"{service}: in-process throughput of its variant (the ceiling) ...", flush=True)
@@ -303,13 +296,14 @@ def main(argv=None) -> int:
             if base is None:
                 print(f"starting {service} from {args.artifacts} (warm-up may take a minute) ...", flush=True)
                 log = stack.enter_context(open(args.out / f"{service}.log", "w"))
-                base = stack.enter_context(running_service(module, args.artifacts, threads=args.threads, log_file=log))
+                base = stack.enter_context(running_service(row.module, args.artifacts, threads=args.threads,
+                                                           log_file=log))
             with urllib.request.urlopen(f"{base}/info", timeout=10) as response:
                 info = json.loads(response.read())
             steps = []
             for count in users:
                 step = run_locust(
-                    user_class,
+                    row.locust_user,
                     base,
                     count,
                     args.duration,
@@ -361,7 +355,7 @@ def p95_bar_ms(data: dict) -> float | None:
 def write_report(results: dict, out: Path) -> None:
     s = results["settings"]
     lines = [
-        "# Load test: torch_api vs onnx_api",
+        f"# Load test: {' vs '.join(SERVICES)}",
         "",
         f"Locust headless, closed loop, {s['duration_s']} s per step, {s['texts_per_request']} texts per request "
         f"drawn from a fixed corpus of real English sentences; users honour Retry-After (a 429 is counted as its "
@@ -378,29 +372,20 @@ def write_report(results: dict, out: Path) -> None:
         "drifts between steps on a shared machine; a serving layer that loses nothing keeps the model busy at "
         "every load.",
         "",
-        "| service | variant | users | requests | 200 | 429 share | 5xx | other failures | goodput (sentences/s) "
-        "| p50 ms | p95 ms | model busy | model speed (texts/s) | Locust CPU (cores) | service CPU (cores) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, data in results["services"].items():
-        for step in data["steps"]:
-            c = step["failure_classes"]
-            lines.append(
-                f"| {name} | {data['info']['variant']} | {step['users']} | {step['requests']} | {step['ok']} | "
-                f"{step['share_429']:.1%} | {c['5xx']} | {step['failures'] - c['5xx']} | {step['goodput']:.1f} | "
-                f"{step['p50_ms']:.0f} | {step['p95_ms']:.0f} | {step.get('model_busy_share', '-')} | "
-                f"{step.get('model_texts_per_model_s', '-')} | {step['locust_cpu_cores']:.2f} | "
-                f"{step['service_cpu_cores']:.2f} |"
-            )
-    lines += [
+        table(["service", "variant", "users", "requests", "200", "429 share", "5xx", "other failures",
+               "goodput (sentences/s)", "p50 ms", "p95 ms", "model busy", "model speed (texts/s)", "Locust CPU (cores)",
+               "service CPU (cores)"],
+              [[name, data["info"]["variant"], step["users"], step["requests"], step["ok"], f"{step['share_429']:.1%}",
+                step["failure_classes"]["5xx"], step["failures"] - step["failure_classes"]["5xx"],
+                f"{step['goodput']:.1f}", f"{step['p50_ms']:.0f}", f"{step['p95_ms']:.0f}",
+                step.get("model_busy_share", "-"), step.get("model_texts_per_model_s", "-"),
+                f"{step['locust_cpu_cores']:.2f}", f"{step['service_cpu_cores']:.2f}"]
+               for name, data in results["services"].items() for step in data["steps"]]),
         "",
         "## Capacity and serving efficiency",
         "",
-        "| service | knee (users) | capacity at the knee (sentences/s) | saturation goodput | in-process best "
-        "(texts/s, batch) | serving efficiency | goodput at 128 / 512 users vs 32 | model speed at 128 / 512 vs 32 "
-        "| worst p95 at 128 / 512 vs the wait budget + one full batch | request right after |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    capacity = []
     for name, data in results["services"].items():
         by_users = {st["users"]: st["goodput"] for st in data["steps"]}
         ratios = " / ".join(
@@ -418,14 +403,17 @@ def write_report(results: dict, out: Path) -> None:
         p95_check = f"{max(overloaded):.0f} vs {bar:.0f} ms" if bar and overloaded else "-"
         after = data["after_last_step"]
         best = f"{ceiling['best_texts_per_s']} (b{ceiling['best_batch']})" if ceiling else "-"
-        lines.append(
-            f"| {name} | {k['users'] if k else '-'} | {k['capacity_sentences_per_s'] if k else '-'} | "
-            f"{data['saturation_goodput']:.1f} | "
-            f"{best} | "
-            f"{data['serving_efficiency'] if data['serving_efficiency'] is not None else '-'} | {ratios} | "
-            f"{speed_ratios} | {p95_check} | HTTP {after['status']} in {after['ms']:.0f} ms |"
-        )
-    lines += ["", "![throughput](throughput.png)", "", "![latency](latency.png)", ""]
+        efficiency = data["serving_efficiency"]
+        capacity.append([name, k["users"] if k else "-", k["capacity_sentences_per_s"] if k else "-",
+                         f"{data['saturation_goodput']:.1f}", best, efficiency if efficiency is not None else "-",
+                         ratios, speed_ratios, p95_check, f"HTTP {after['status']} in {after['ms']:.0f} ms"])
+    lines += [
+        table(["service", "knee (users)", "capacity at the knee (sentences/s)", "saturation goodput",
+               "in-process best (texts/s, batch)", "serving efficiency", "goodput at 128 / 512 users vs 32",
+               "model speed at 128 / 512 vs 32", "worst p95 at 128 / 512 vs the wait budget + one full batch",
+               "request right after"], capacity),
+        "", "![throughput](throughput.png)", "", "![latency](latency.png)", "",
+    ]
     (out / "report.md").write_text("\n".join(lines))
     write_charts(results, out)
 

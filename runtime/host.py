@@ -1,14 +1,16 @@
-"""The host a variant runs on, as the variant choice sees it: the CPU model and the instruction-set features
-that change a variant's speed or its numbers. One probe for the build, the benchmarks and the services;
-injectable (tests pretend other hosts by passing a HostCpu).
+"""The host a variant runs on: the CPU model and the instruction-set features that change a variant's speed or
+its numbers, and the versions of the packages installed. One probe for the build, the benchmarks and the
+services; injectable (tests pretend other hosts by passing a HostCpu, or another cpuinfo file).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 #: the /proc/cpuinfo flags that decide which kernels ONNX Runtime, OpenVINO and oneDNN pick: fp32 vector
@@ -72,4 +74,34 @@ def probe_cpu(cpuinfo: Path = CPUINFO) -> HostCpu:
     return HostCpu(model, features, os.cpu_count() or 0, platform.machine())
 
 
-__all__ = ["RELEVANT_FEATURES", "HostCpu", "parse_cpuinfo", "probe_cpu"]
+@cache
+def _distributions_of(module: str) -> tuple[str, ...]:
+    return tuple(metadata.packages_distributions().get(module, ()))
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        pass
+    # An import name another distribution provides (onnxruntime from onnxruntime-gpu on the GPU images).
+    for dist in _distributions_of(name):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def package_versions(names: Iterable[str], keep_missing: bool = False) -> dict[str, str | None]:
+    """{"python": version, name: installed version, ...}; a package not installed is None with keep_missing,
+    else left out. Names are distribution or import names. Reads metadata only: imports nothing."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in names:
+        version = _version(name)
+        if version is not None or keep_missing:
+            versions[name] = version
+    return versions
+
+
+__all__ = ["RELEVANT_FEATURES", "HostCpu", "package_versions", "parse_cpuinfo", "probe_cpu"]

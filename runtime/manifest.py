@@ -13,6 +13,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from .pooling import PoolingSpec
+from .similarity import gate_failures
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -104,13 +105,9 @@ class Parity:
 
     def why_failing(self) -> str:
         """The gate's failed conditions, in words ("" when it passes)."""
-        reasons = []
-        if self.min_cosine < self.threshold:
-            reasons.append(f"min cosine {self.min_cosine:.4f} < {self.threshold}")
-        if self.top10_agreement is not None and self.min_top10_agreement is not None \
-                and self.top10_agreement < self.min_top10_agreement:
-            reasons.append(f"top-10 agreement {self.top10_agreement:.3f} < {self.min_top10_agreement}")
-        return "; ".join(reasons) if not self.passes_parity else ""
+        if self.passes_parity:
+            return ""
+        return "; ".join(gate_failures(self.min_cosine, self.top10_agreement, self.threshold, self.min_top10_agreement))
 
 
 @dataclass(frozen=True)
@@ -160,6 +157,14 @@ class ArtifactRecord:
     def verify(self, root: Path) -> None:
         for entry in self.files:
             entry.verify(root)
+
+
+def public_model_name(source: str) -> str:
+    """The model as users know it: a hub id stays, a local folder shows only its name (no file paths)."""
+    source = source.rstrip("/")
+    if source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source:
+        return source.replace("\\", "/").rsplit("/", 1)[-1]
+    return source
 
 
 @dataclass(frozen=True)

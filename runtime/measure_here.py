@@ -56,18 +56,23 @@ def service_speed(run: Run, tokenizer: TextTokenizer, batch_texts: list[str], on
             "batch_texts": len(batch_texts), "one_text_ms": round(one_ms, 2)}
 
 
-def embed_in_service_batches(run: Run, tokenizer: TextTokenizer, texts: list[str], max_batch: int = 32,
-                             window: int = 64) -> np.ndarray:
-    """Embeddings in text order, computed in the groups a service forms (runtime.similarity.service_batches):
-    mixed lengths and batch mates, as dynamic int8 meets them when served."""
+def embed_in_groups(run: Run, tokenizer: TextTokenizer, texts: list[str], groups: list[list[int]]) -> np.ndarray:
+    """Embeddings in text order, one model call per group of text indices."""
     out = None
-    for group in service_batches(tokenizer.count_tokens(texts), max_batch, window):
+    for group in groups:
         batch = tokenizer.encode([texts[i] for i in group])
         vectors = run(batch.input_ids, batch.attention_mask)
         if out is None:
             out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
         out[group] = vectors
     return out
+
+
+def embed_in_service_batches(run: Run, tokenizer: TextTokenizer, texts: list[str], max_batch: int = 32,
+                             window: int = 64) -> np.ndarray:
+    """Embeddings in text order, computed in the groups a service forms (runtime.similarity.service_batches):
+    mixed lengths and batch mates, as dynamic int8 meets them when served."""
+    return embed_in_groups(run, tokenizer, texts, service_batches(tokenizer.count_tokens(texts), max_batch, window))
 
 
 def check_files(manifest: Manifest) -> tuple[FileEntry, ...]:
@@ -122,5 +127,5 @@ class HostMeasurements:
                              one_text_rounds=3)
 
 
-__all__ = ["CHECK_TEXTS_FILE", "CHECK_VECTORS_FILE", "HostMeasurements", "embed_in_service_batches", "load_check",
-           "service_speed"]
+__all__ = ["CHECK_TEXTS_FILE", "CHECK_VECTORS_FILE", "HostMeasurements", "embed_in_groups", "embed_in_service_batches",
+           "load_check", "service_speed"]

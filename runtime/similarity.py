@@ -9,12 +9,14 @@ cosine there is a label-free retrieval measure over a corpus (>= 1,000 texts):
 Dynamic int8 scales activations per batch, so a text's vector depends on its batch mates: `service_batches`
 groups a corpus the way the services do (texts arrive in random order, each window is sorted by length and
 cut into groups of up to 32, so a group mixes lengths), and both sides are embedded in those groups.
+The gate's verdict (`gate_failures`) is decided here only; reports and the manifest carry it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .batching import padding_efficient_groups
 from .pooling import l2_normalize
 
 #: the gate: an artifact passes when its min cosine against fp32 on the parity corpus reaches this ...
@@ -30,27 +32,41 @@ def rowwise_cosine(candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.sum(l2_normalize(candidate.astype(np.float64)) * l2_normalize(reference.astype(np.float64)), axis=1)
 
 
-def parity_report(candidate: np.ndarray, reference: np.ndarray) -> dict:
+def gate_failures(min_cosine: float, top10_agreement: float | None = None, threshold: float = PARITY_MIN_COSINE,
+                  min_top10: float | None = MIN_TOP10_AGREEMENT) -> list[str]:
+    """The gate's failed conditions, in words (none: it passes): min cosine >= threshold and, where both are
+    known (not in older manifests or cosine-only checks), mean top-10 agreement >= min_top10."""
+    reasons = []
+    if min_cosine < threshold:
+        reasons.append(f"min cosine {min_cosine:.4f} < {threshold}")
+    if top10_agreement is not None and min_top10 is not None and top10_agreement < min_top10:
+        reasons.append(f"top-10 agreement {top10_agreement:.3f} < {min_top10}")
+    return reasons
+
+
+def parity_report(candidate: np.ndarray, reference: np.ndarray, threshold: float = PARITY_MIN_COSINE) -> dict:
+    """The cosine half of the gate (what a start-up precision check needs)."""
     cosines = rowwise_cosine(candidate, reference)
     min_cos = float(cosines.min())
     return {
         "min_cosine": round(min_cos, 6),
         "mean_cosine": round(float(cosines.mean()), 6),
         "texts": int(len(cosines)),
-        "threshold": PARITY_MIN_COSINE,
-        "passes_parity": bool(min_cos >= PARITY_MIN_COSINE),
+        "threshold": threshold,
+        "passes_parity": not gate_failures(min_cos, threshold=threshold),
     }
 
 
 def service_batches(token_counts, max_batch: int = 32, window: int = 64, seed: int = 0) -> list[list[int]]:
     """Index groups as a service forms them: arrival order shuffled (fixed seed), each window of `window`
     texts sorted by length and split into groups of up to `max_batch` (so groups mix nearby lengths and
-    every text has batch mates)."""
-    order = np.random.default_rng(seed).permutation(len(token_counts))
+    every text has batch mates: no padding cut here, the harder case for per-batch int8 scales)."""
+    order = np.random.default_rng(seed).permutation(len(token_counts)).tolist()
     groups = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window].tolist(), key=lambda i: token_counts[i])
-        groups += [chunk[i : i + max_batch] for i in range(0, len(chunk), max_batch)]
+        arrived = order[start : start + window]
+        cut = padding_efficient_groups([token_counts[i] for i in arrived], max_padding=None, max_size=max_batch)
+        groups += [[arrived[i] for i in group] for group in cut]
     return groups
 
 
@@ -107,15 +123,15 @@ def fidelity_report(candidate: np.ndarray, reference: np.ndarray, parity_rows: i
     """The whole gate. Rows [:parity_rows] are the parity corpus, all rows the retrieval corpus (both
     embedded in service batches). `passes_parity` means: min cosine on the parity corpus >= min_cosine
     and mean top-10 agreement >= min_top10."""
-    report = parity_report(candidate[:parity_rows], reference[:parity_rows])
-    report["threshold"] = min_cosine
+    report = parity_report(candidate[:parity_rows], reference[:parity_rows], min_cosine)
     retrieval = retrieval_report(candidate, reference)
     corpus_cosines = rowwise_cosine(candidate, reference)
     report.update(retrieval, retrieval_min_cosine=round(float(corpus_cosines.min()), 6),
                   min_top10_agreement=min_top10)
-    report["passes_parity"] = bool(report["min_cosine"] >= min_cosine and retrieval["top10_agreement"] >= min_top10)
+    report["passes_parity"] = not gate_failures(report["min_cosine"], retrieval["top10_agreement"], min_cosine,
+                                                min_top10)
     return report
 
 
-__all__ = ["MIN_TOP10_AGREEMENT", "PARITY_MIN_COSINE", "fidelity_report", "l2_normalize", "parity_report",
-           "retrieval_report", "rowwise_cosine", "service_batches", "spearman", "top_k_agreement"]
+__all__ = ["MIN_TOP10_AGREEMENT", "PARITY_MIN_COSINE", "fidelity_report", "gate_failures", "l2_normalize",
+           "parity_report", "retrieval_report", "rowwise_cosine", "service_batches", "spearman", "top_k_agreement"]

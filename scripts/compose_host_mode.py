@@ -13,10 +13,11 @@ import sys
 
 import yaml
 
+from services.catalog import SERVICES
+
 LOOPBACK_ENV = {
-    "torch_api": {"TORCH_API_HOST": "127.0.0.1"},
-    "onnx_api": {"ONNX_API_HOST": "127.0.0.1"},
-    "locust": {"TORCH_API_URL": "http://127.0.0.1:8001", "ONNX_API_URL": "http://127.0.0.1:8002"},
+    **{name: {f"{row.env_prefix}HOST": "127.0.0.1"} for name, row in SERVICES.items()},
+    "locust": {row.url_env: row.local_url() for row in SERVICES.values()},
 }
 LOCUST_COMMAND = ["/opt/venv/bin/python", "-m", "locust", "-f", "loadtest/locustfile.py",
                   "--web-host", "127.0.0.1", "--web-port", "8089"]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from benchmarks.http_overhead import sequential_latency
 from build_artifacts.corpus import parity_sentences
+from runtime.similarity import PARITY_MIN_COSINE, gate_failures
+from services.catalog import ONNX_API, SERVICES, TORCH_API
 from services.common.probe import wait_until_healthy
 
 
@@ -42,8 +44,8 @@ def reference_embeddings(model_dir: Path, texts: list[str]):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--torch-url", required=True)
-    parser.add_argument("--onnx-url", required=True)
+    for row in SERVICES.values():
+        parser.add_argument(f"--{row.short}-url", required=True)
     parser.add_argument("--locust-url", default=None)
     parser.add_argument("--model", type=Path, required=True, help="local model folder for the fp32 reference")
     parser.add_argument("--requests", type=int, default=100)
@@ -51,7 +53,7 @@ def main() -> int:
     parser.add_argument("--timeout-s", type=float, default=1200)
     parser.add_argument("--out", type=Path, default=Path("results/docker-e2e.json"))
     args = parser.parse_args()
-    urls = {"torch_api": args.torch_url, "onnx_api": args.onnx_url}
+    urls = {name: getattr(args, f"{row.short}_url") for name, row in SERVICES.items()}
     try:
         wait_until_healthy(urls, args.timeout_s, interval_s=2,
                            on_ready=lambda name, url: print(f"{name} healthy at {url}", flush=True))
@@ -80,7 +82,7 @@ def main() -> int:
         cosines = (vectors[name] * reference).sum(axis=1)
         parity[name] = {"variant": infos[name]["variant"], "min_cosine": round(float(cosines.min()), 6),
                         "mean_cosine": round(float(cosines.mean()), 6)}
-    between = (vectors["torch_api"] * vectors["onnx_api"]).sum(axis=1)
+    between = (vectors[TORCH_API.name] * vectors[ONNX_API.name]).sum(axis=1)
     parity["torch_vs_onnx_min_cosine"] = round(float(between.min()), 6)
 
     images = {}
@@ -108,9 +110,9 @@ def main() -> int:
     if images.get("torch_api") and images.get("onnx_api"):
         print(f"image size ratio torch_api / onnx_api: {images['torch_api'] / images['onnx_api']:.2f}x")
     print(f"torch vs onnx min cosine: {parity['torch_vs_onnx_min_cosine']:.4f}; wrote {args.out}")
-    failing = [n for n in urls if parity[n]["min_cosine"] < 0.99]
+    failing = [n for n in urls if gate_failures(parity[n]["min_cosine"])]
     if failing:
-        print(f"FAIL: parity below 0.99 for {', '.join(failing)}", file=sys.stderr)
+        print(f"FAIL: parity below {PARITY_MIN_COSINE} for {', '.join(failing)}", file=sys.stderr)
         return 1
     return 0
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from build_artifacts.model_loading import DEFAULT_MODEL
+from services.catalog import SERVICES
 from services.common.probe import wait_until_healthy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,8 +25,8 @@ def main() -> int:
     parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL))
     parser.add_argument("--artifacts", type=Path, default=None, help="default: artifacts/<model name>")
     parser.add_argument("--threads", type=int, default=None, help="model threads per service (default: all cores)")
-    parser.add_argument("--torch-port", type=int, default=8001)
-    parser.add_argument("--onnx-port", type=int, default=8002)
+    for row in SERVICES.values():
+        parser.add_argument(f"--{row.short}-port", type=int, default=row.port)
     parser.add_argument("--locust-port", type=int, default=8089)
     args = parser.parse_args()
     artifacts = args.artifacts or REPO / "artifacts" / Path(args.model.rstrip("/")).name
@@ -36,29 +37,26 @@ def main() -> int:
         if built.returncode != 0:
             return built.returncode
     threads = ["--threads", str(args.threads)] if args.threads else []
-    torch_url, onnx_url = f"http://127.0.0.1:{args.torch_port}", f"http://127.0.0.1:{args.onnx_port}"
-    commands = {
-        "torch_api": [sys.executable, "-m", "services.torch_api", "--artifacts", str(artifacts),
-                      "--port", str(args.torch_port), *threads],
-        "onnx_api": [sys.executable, "-m", "services.onnx_api", "--artifacts", str(artifacts),
-                     "--port", str(args.onnx_port), *threads],
-        "locust": [sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"),
-                   "--web-host", "127.0.0.1", "--web-port", str(args.locust_port)],
-    }
-    env = {**os.environ, "TORCH_API_URL": torch_url, "ONNX_API_URL": onnx_url}
+    ports = {name: getattr(args, f"{row.short}_port") for name, row in SERVICES.items()}
+    urls = {name: row.local_url(ports[name]) for name, row in SERVICES.items()}
+    commands = {name: [sys.executable, "-m", row.module, "--artifacts", str(artifacts), "--port", str(ports[name]),
+                       *threads] for name, row in SERVICES.items()}
+    commands["locust"] = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"),
+                          "--web-host", "127.0.0.1", "--web-port", str(args.locust_port)]
+    env = {**os.environ, **{row.url_env: urls[name] for name, row in SERVICES.items()}}
     processes = {name: subprocess.Popen(cmd, cwd=REPO, env=env) for name, cmd in commands.items()}
     try:
         print("waiting for warm-up (torch.compile can take a minute or two) ...", flush=True)
         try:
-            wait_until_healthy({"torch_api": torch_url, "onnx_api": onnx_url}, timeout_s=3600, processes=processes,
+            wait_until_healthy(urls, timeout_s=3600, processes=processes,
                                on_ready=lambda name, url: print(
                                    f"{name} ready: {url}  (POST /embed, POST /v1/embeddings, /health, /info, /metrics)",
                                    flush=True))
         except (RuntimeError, TimeoutError) as exc:
             print(f"{exc}; stopping the rest", file=sys.stderr)
             return 1
-        print(f"Locust web UI: http://127.0.0.1:{args.locust_port}  "
-              f"(TorchApiUser -> {torch_url}, OnnxApiUser -> {onnx_url})")
+        users = ", ".join(f"{row.locust_user} -> {urls[name]}" for name, row in SERVICES.items())
+        print(f"Locust web UI: http://127.0.0.1:{args.locust_port}  ({users})")
         print("Ctrl-C stops everything.", flush=True)
         while all(p.poll() is None for p in processes.values()):
             time.sleep(1)

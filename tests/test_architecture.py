@@ -109,6 +109,12 @@ def test_onnx_service_import_closure_holds_no_torch_and_no_build_pipeline():
     assert not loaded & {"torch", "transformers", "build_artifacts", "benchmarks", "sentence_transformers"}
 
 
+def test_service_catalog_loads_no_service_and_no_runtime():
+    """Every consumer (load test, Locust image, Ray driver, scripts) imports the services' table for nothing."""
+    loaded = _top_level_packages_loaded_by("services.catalog")
+    assert not loaded & {"torch", "onnxruntime", "numpy", "fastapi", "pydantic", "runtime"}
+
+
 def test_runtime_light_modules_need_neither_torch_nor_onnxruntime():
     loaded = _top_level_packages_loaded_by(
         "runtime, runtime.manifest, runtime.pooling, runtime.similarity, runtime.tokenization, "

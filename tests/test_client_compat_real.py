@@ -10,19 +10,17 @@ import numpy as np
 import pytest
 
 from runtime.manifest import Manifest
+from services.catalog import SERVICES as CATALOG
 from services.common.app import create_app
 from services.common.embedder import read_prompts
 from services.onnx_api.embedder import OnnxEmbedder, OnnxSettings
-from services.torch_api.embedder import TorchEmbedder, TorchSettings
 
 from .compat_helpers import seed_tiktoken_cache, serving
 
 pytestmark = pytest.mark.slow
 
-SERVICES = {
-    "torch": (TorchSettings, TorchEmbedder, {"compile": False}),
-    "onnx": (OnnxSettings, OnnxEmbedder, {}),
-}
+# short name -> (settings class, embedder class, settings for a short in-process run), from services/catalog.py
+SERVICES = {row.short: (*row.classes(), row.in_process_settings) for row in CATALOG.values()}
 DOCUMENTS = [
     "The food was delicious and the waiter was friendly.",
     "Photosynthesis converts light energy into chemical energy stored in glucose.",

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.catalog import SERVICES
+
 from .conftest import REPO
 
 K8S = REPO / "deploy" / "k8s"
@@ -24,7 +26,9 @@ OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomiz
 # The oldest minor still in mainstream managed-cluster support and the newest bundled schema.
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 QUEUE_WAIT_METRIC = "embed_estimated_queue_wait_seconds"
-PREFIX = {"onnx-api": "ONNX_API_", "torch-api": "TORCH_API_"}
+# Deployment name -> its row of services/catalog.py (the manifests keep literal ports and prefixes; checked below)
+BY_APP = {row.k8s_name: row for row in SERVICES.values()}
+PREFIX = {app: row.env_prefix for app, row in BY_APP.items()}
 
 
 def kustomize_command(directory: Path) -> list[str]:
@@ -119,7 +123,7 @@ def test_deployments_match_the_service(overlay):
     name, manifest = overlay
     docs = objects(manifest)
     deployments = by_kind(docs, "Deployment")
-    assert set(deployments) == {"onnx-api", "torch-api"}
+    assert set(deployments) == set(BY_APP)
     for app, deployment in deployments.items():
         pod = deployment["spec"]["template"]["spec"]
         container = next(c for c in pod["containers"] if c["name"] == app)
@@ -130,6 +134,8 @@ def test_deployments_match_the_service(overlay):
         assert str(threads) == str(resources["limits"]["cpu"]) == str(resources["requests"]["cpu"]), (name, app)
         assert resources["limits"]["memory"] == resources["requests"]["memory"], (name, app)  # Guaranteed QoS
         port = next(p["containerPort"] for p in container["ports"] if p["name"] == "http")
+        assert port == BY_APP[app].port, (name, app)  # the service's default port, as everywhere else
+        assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)
         assert env[f"{prefix}PORT"] == str(port) and env[f"{prefix}HOST"] == "0.0.0.0"
         assert env[f"{prefix}ARTIFACTS_DIR"] == "/artifacts/$(ARTIFACTS_NAME)"
 
@@ -207,10 +213,7 @@ def test_the_service_exports_the_autoscaling_metric():
 
 def test_manifest_settings_exist_in_the_service():
     """Every <PREFIX>_<NAME> variable the manifests set is a real setting (unknown ones are silently ignored)."""
-    from services.onnx_api.embedder import OnnxSettings
-    from services.torch_api.embedder import TorchSettings
-
-    fields = {"torch-api": set(TorchSettings.model_fields), "onnx-api": set(OnnxSettings.model_fields)}
+    fields = {app: set(row.classes()[0].model_fields) for app, row in BY_APP.items()}
     for overlay_name in OVERLAYS:
         for app, deployment in by_kind(objects(render(K8S / "overlays" / overlay_name)), "Deployment").items():
             container = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == app)
@@ -228,7 +231,7 @@ def test_keda_component_replaces_the_hpas(tmp_path):
     docs = objects(render(tmp_path))
     assert not by_kind(docs, "HorizontalPodAutoscaler"), "two autoscalers would fight over a Deployment"
     scaled = by_kind(docs, "ScaledObject")
-    assert set(scaled) == {"onnx-api", "torch-api"}
+    assert set(scaled) == set(BY_APP)
     for app, obj in scaled.items():
         assert obj["spec"]["scaleTargetRef"]["name"] == app
         queries = [t["metadata"]["query"] for t in obj["spec"]["triggers"] if t["type"] == "prometheus"]

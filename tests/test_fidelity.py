@@ -14,6 +14,7 @@ from runtime.similarity import (
     MIN_TOP10_AGREEMENT,
     PARITY_MIN_COSINE,
     fidelity_report,
+    gate_failures,
     retrieval_report,
     rowwise_cosine,
     service_batches,
@@ -84,6 +85,17 @@ def test_low_cosine_fails_even_when_neighbours_hold():
     y[0] = _perturbed(x[:1], 0.95)
     report = fidelity_report(y, x, parity_rows=400)
     assert report["top10_agreement"] >= MIN_TOP10_AGREEMENT and not report["passes_parity"]
+
+
+def test_the_gate_verdict_is_decided_in_one_place():
+    assert gate_failures(0.995, 0.97) == [] and gate_failures(0.995) == []  # top-10 unknown: cosine alone
+    assert gate_failures(0.98, 0.90) == [f"min cosine 0.9800 < {PARITY_MIN_COSINE}",
+                                         f"top-10 agreement 0.900 < {MIN_TOP10_AGREEMENT}"]
+    assert gate_failures(0.995, 0.90, min_top10=None) == [] and gate_failures(0.95, threshold=0.9) == []
+    report = fidelity_report(_perturbed(_clustered(), 0.995), _clustered(), parity_rows=400)
+    parity = Parity.from_dict(report)
+    assert report["passes_parity"] is not bool(gate_failures(report["min_cosine"], report["top10_agreement"]))
+    assert parity.why_failing() == "; ".join(gate_failures(parity.min_cosine, parity.top10_agreement))
 
 
 def test_service_batches_cover_every_text_once_in_length_sorted_mixed_groups():

@@ -8,7 +8,15 @@ from dataclasses import replace
 import pytest
 
 from build_artifacts.recipe import DEFAULT_RECIPE, Recipe
-from runtime.manifest import ArtifactError, ArtifactRecord, FileEntry, Manifest, Parity, TokenizerInfo
+from runtime.manifest import (
+    ArtifactError,
+    ArtifactRecord,
+    FileEntry,
+    Manifest,
+    Parity,
+    TokenizerInfo,
+    public_model_name,
+)
 
 from .conftest import REPO
 
@@ -93,3 +101,9 @@ def test_recipe_is_written_into_the_manifest(folder):
     assert recipe == DEFAULT_RECIPE.to_dict() and recipe["onnx_outlier_channels"] == 16
     assert Recipe.from_dict(recipe) == DEFAULT_RECIPE
     assert replace(DEFAULT_RECIPE, onnx_opset=18).to_dict()["onnx_opset"] == 18
+
+
+def test_public_model_name_keeps_hub_ids_and_hides_paths():
+    assert public_model_name("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    for local in ("/models/all-MiniLM-L6-v2/", "./all-MiniLM-L6-v2", "a/b/all-MiniLM-L6-v2", "C:\\m\\all-MiniLM-L6-v2"):
+        assert public_model_name(local) == "all-MiniLM-L6-v2", local

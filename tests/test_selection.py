@@ -7,7 +7,7 @@ import importlib
 import pytest
 
 from build_artifacts.build import BUILD_STEPS
-from runtime.host import HostCpu, parse_cpuinfo
+from runtime.host import HostCpu, package_versions, parse_cpuinfo
 from runtime.manifest import ArtifactError, Manifest
 from runtime.selection import choose
 from runtime.variants import SERVICE_ENGINES, VARIANTS, Variant
@@ -126,6 +126,14 @@ def test_the_probe_reads_model_and_relevant_flags():
     model, features = parse_cpuinfo("processor : 0\nmodel name : Some CPU\nflags : fpu avx2 avx512_bf16 sse\n")
     assert model == "Some CPU" and features == {"avx2", "avx512_bf16"}
     assert not NO_VNNI.has_any(("avx512_vnni",)) and ZEN5.differs_in(AMX, ("amx_int8", "avx512f")) == ["amx_int8"]
+
+
+def test_package_versions_read_metadata_and_name_what_is_missing():
+    import numpy
+
+    found = package_versions(["numpy", "no-such-package-here"])
+    assert found["python"] and found["numpy"] == numpy.__version__ and "no-such-package-here" not in found
+    assert package_versions(["no-such-package-here"], keep_missing=True)["no-such-package-here"] is None
 
 
 def test_the_build_resolves_its_variant_list():

@@ -21,6 +21,7 @@ from build_artifacts.corpus import english_sentences
 from loadtest.processes import free_port, running_service
 from runtime.host import probe_cpu
 from runtime.variants import INT8_FEATURES, names, served_by
+from services.catalog import SERVICES as CATALOG
 from services.common.app import create_app
 from services.onnx_api.embedder import OnnxEmbedder, OnnxSettings
 from services.torch_api.embedder import TorchEmbedder, TorchSettings
@@ -29,10 +30,8 @@ from .conftest import REPO
 
 ONNX_SERVED = names(served_by("onnx_api"))
 
-SERVICES = {
-    "torch": (TorchSettings, TorchEmbedder, {"compile": False}),
-    "onnx": (OnnxSettings, OnnxEmbedder, {}),
-}
+# short name -> (settings class, embedder class, settings for a short in-process run), from services/catalog.py
+SERVICES = {row.short: (*row.classes(), row.in_process_settings) for row in CATALOG.values()}
 
 
 def wait_ready(client: TestClient, timeout_s: float = 120) -> None:

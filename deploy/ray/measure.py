@@ -32,9 +32,12 @@ import os
 import sys
 from pathlib import Path
 
+from runtime.markdown import table
+from services.catalog import SERVICES
+from services.catalog import service as catalog_service
+
 REPO = Path(__file__).resolve().parents[2]
 CORPUS_FILE = REPO / "build_artifacts" / "data" / "sentences.txt"
-SERVICE_MODULES = {"onnx": "services.onnx_api", "torch": "services.torch_api"}
 CONFIGS = {"plain": None, "ray-1x2": (1, 2), "ray-2x1": (2, 1)}  # name -> (replicas, threads)
 
 
@@ -42,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m deploy.ray.measure", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts/all-mpnet-base-v2"))
-    parser.add_argument("--service", choices=sorted(SERVICE_MODULES), default="onnx")
+    parser.add_argument("--service", choices=sorted(s.short for s in SERVICES.values()), default="onnx")
     parser.add_argument("--configs", default="plain,ray-1x2,ray-2x1")
     parser.add_argument("--clients", default="1,8,32", help="comma list of concurrent closed-loop clients")
     parser.add_argument("--duration", type=float, default=30, help="measured seconds per cell")
@@ -119,7 +122,7 @@ def run_config(name: str, args, clients: list[int], stack: contextlib.ExitStack,
 
     if CONFIGS[name] is None:
         log = stack.enter_context(open(args.out / f"{name}.log", "w"))
-        base = stack.enter_context(running_service(SERVICE_MODULES[args.service], args.artifacts.resolve(),
+        base = stack.enter_context(running_service(catalog_service(args.service).module, args.artifacts.resolve(),
                                                    threads=args.cpus, log_file=log))
     else:
         replicas, threads = CONFIGS[name]
@@ -170,13 +173,11 @@ def render_report(results: dict) -> str:
     lines = [f"# Plain service vs Ray Serve ({s['service']}, {s['artifacts']})", "",
              f"{s['duration']} s per cell after {s['warmup']} s warm-up, closed loop, 1-{s['max_texts']} texts per "
              f"request; {s['cpus']} model threads in all per configuration.", "",
-             "| config | variant | clients | goodput texts/s | req/s | p50 ms | p95 ms | 429 share | other failures "
-             "| overhead ms (median) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, config in results["configs"].items():
-        for c in config["cells"]:
-            lines.append(f"| {name} | {config['variant']} | {c['clients']} | {c['goodput_texts_per_s']} | "
-                         f"{c['requests_per_s']} | {c['p50_ms']} | {c['p95_ms']} | {c['share_429']:.1%} | "
-                         f"{c['other_failures']} | {c['overhead_ms_median']} |")
+             table(["config", "variant", "clients", "goodput texts/s", "req/s", "p50 ms", "p95 ms", "429 share",
+                    "other failures", "overhead ms (median)"],
+                   [[name, config["variant"], c["clients"], c["goodput_texts_per_s"], c["requests_per_s"], c["p50_ms"],
+                     c["p95_ms"], f"{c['share_429']:.1%}", c["other_failures"], c["overhead_ms_median"]]
+                    for name, config in results["configs"].items() for c in config["cells"]])]
     plain = {c["clients"]: c for c in results["configs"].get("plain", {}).get("cells", [])}
     extra = []
     for name, config in results["configs"].items():

@@ -24,7 +24,6 @@ Relative artifact paths are taken from the repository root (replicas may run in 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import time
 from pathlib import Path
@@ -34,14 +33,10 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
+from services.catalog import service as catalog_service
+
 REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger("embedding_service")  # the service's logger (Serve quiets its own during start-up)
-
-# service -> (module, settings class, embedder class, packages /info reports)
-SERVICES = {
-    "onnx": ("services.onnx_api.embedder", "OnnxSettings", "OnnxEmbedder", ("onnxruntime", "openvino")),
-    "torch": ("services.torch_api.embedder", "TorchSettings", "TorchEmbedder", ("torch", "transformers")),
-}
 
 # Defaults of the deployment; serve_config.yaml's `deployments:` section overrides any of them.
 MAX_ONGOING_REQUESTS = 32  # per replica: enough concurrent requests to fill a batch of 32 single texts
@@ -52,7 +47,7 @@ SHUTDOWN_GRACE_S = 25  # as the plain service's shutdown_grace_s: in-flight requ
 class AppArgs(BaseModel):
     """`args:` of an application in serve_config.yaml (or `serve run deploy.ray.serve_app:build_app k=v`)."""
 
-    service: str = Field("onnx", description="onnx or torch")
+    service: str = Field("onnx", description="onnx or torch (a services/catalog.py row, by short name or name)")
     artifacts_dir: str = Field("artifacts/all-mpnet-base-v2", description="from build_artifacts")
     threads: int = Field(1, ge=1, description="model threads per replica = CPUs it reserves")
     num_replicas: int | None = Field(None, ge=1, description="fixed replica count (default: autoscaling_config)")
@@ -60,11 +55,9 @@ class AppArgs(BaseModel):
 
 
 def service_classes(service: str):
-    if service not in SERVICES:
-        raise ValueError(f"service must be one of {', '.join(SERVICES)}, not {service!r}")
-    module_name, settings_name, embedder_name, packages = SERVICES[service]
-    module = importlib.import_module(module_name)
-    return getattr(module, settings_name), getattr(module, embedder_name), packages
+    """(settings class, embedder class, packages /info reports) of a services/catalog.py row."""
+    row = catalog_service(service)
+    return *row.classes(), row.runtime_packages
 
 
 class WarmBeforeReady:

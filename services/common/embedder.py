@@ -262,4 +262,4 @@ class ArtifactEmbedder(Embedder):
         }
 
 
-__all__ = ["ArtifactEmbedder", "ArtifactError", "Embedder", "Token", "normalize_rows", "padding_efficient_groups"]
+__all__ = ["ArtifactEmbedder", "ArtifactError", "Embedder", "Token", "normalize_rows"]

@@ -2,8 +2,9 @@
 
 import sys
 
+from services.catalog import ONNX_API
 from services.common.serve import serve
 
 from .embedder import OnnxEmbedder, OnnxSettings
 
-sys.exit(serve(OnnxSettings, OnnxEmbedder, ("onnxruntime", "openvino"), "python -m services.onnx_api"))
+sys.exit(serve(OnnxSettings, OnnxEmbedder, ONNX_API.runtime_packages, f"python -m {ONNX_API.module}"))

@@ -4,21 +4,22 @@ provider with --device cuda."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from runtime.manifest import ArtifactError
 from runtime.variants import names, served_by
+from services.catalog import ONNX_API
 from services.common.embedder import ArtifactEmbedder
 from services.common.settings import ServiceSettings, SettingsConfigDict, SettingsError
 
 
 class OnnxSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="ONNX_API_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ONNX_API.env_prefix, extra="ignore")
 
-    port: int = Field(8002, ge=1, le=65535, description="port to bind")
+    port: int = Field(ONNX_API.port, ge=1, le=65535, description="port to bind")
     device: Literal["cpu", "cuda"] = Field(
         "cpu", description="cuda: ONNX Runtime's CUDAExecutionProvider (needs the onnxruntime-gpu package)"
     )
@@ -29,7 +30,7 @@ class OnnxSettings(ServiceSettings):
             self.use_gpu_batch_sizes()
             # The variant table's cuda rows: the plain export and the fused-attention graph (not the graph
             # optimized offline for the CPU provider, nor int8, whose MatMulInteger is a CPU kernel).
-            on_cuda = names(served_by("onnx_api", "cuda"))
+            on_cuda = names(served_by(ONNX_API.name, "cuda"))
             if self.variant not in ("auto", *on_cuda):
                 raise ValueError(f"variant {self.variant} does not run on the CUDA provider: with device cuda "
                                  f"use variant auto or one of {', '.join(on_cuda)}")
@@ -48,14 +49,14 @@ def require_cuda_provider() -> None:
 
 
 class OnnxEmbedder(ArtifactEmbedder):
-    service = "onnx_api"
+    service = ONNX_API.name
 
     def __init__(self, settings: OnnxSettings):
         self.device = settings.device
         if self.device == "cuda":
             require_cuda_provider()
         super().__init__(settings.artifacts_dir, settings.variant, settings.threads, self.device)
-        self._runner = None
+        self._runner: Any = None  # the variant row's runner (ONNX Runtime or OpenVINO), set at load
 
     def verify(self) -> None:
         """sha256 as always; on cuda also open the session before listening, so a provider that cannot start

@@ -2,8 +2,9 @@
 
 import sys
 
+from services.catalog import TORCH_API
 from services.common.serve import serve
 
 from .embedder import TorchEmbedder, TorchSettings
 
-sys.exit(serve(TorchSettings, TorchEmbedder, ("torch", "transformers"), "python -m services.torch_api"))
+sys.exit(serve(TorchSettings, TorchEmbedder, TORCH_API.runtime_packages, f"python -m {TORCH_API.module}"))

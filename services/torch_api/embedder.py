@@ -5,13 +5,14 @@ host memory)."""
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from runtime.manifest import ArtifactError
 from runtime.similarity import PARITY_MIN_COSINE, parity_report
+from services.catalog import TORCH_API
 from services.common.embedder import WARMUP_TEXTS, ArtifactEmbedder
 from services.common.settings import GPU_MAX_BATCH_SIZE, ServiceSettings, SettingsConfigDict, SettingsError
 
@@ -42,9 +43,9 @@ PRECISION_CHECK_TEXTS = [
 
 
 class TorchSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="TORCH_API_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=TORCH_API.env_prefix, extra="ignore")
 
-    port: int = Field(8001, ge=1, le=65535, description="port to bind")
+    port: int = Field(TORCH_API.port, ge=1, le=65535, description="port to bind")
     compile: bool = Field(True, description="torch.compile the fp32 model at start-up (warm-up compiles it)")
     device: Literal["cpu", "cuda"] = Field("cpu", description="where the model runs; cuda: the first GPU")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
@@ -112,7 +113,7 @@ def dynamo_graphs_compiled() -> int:
 
 
 class TorchEmbedder(ArtifactEmbedder):
-    service = "torch_api"
+    service = TORCH_API.name
 
     def __init__(self, settings: TorchSettings):
         self.device = settings.device
@@ -134,8 +135,8 @@ class TorchEmbedder(ArtifactEmbedder):
         self.graphs_compiled: int | None = None
         self.warmup_s: float | None = None
         self._reference: np.ndarray | None = None
-        self._pinned = None
-        self._model = None
+        self._pinned: Any = None  # torch tensors and module: typed Any so this module imports no torch
+        self._model: Any = None
 
     # --- load -----------------------------------------------------------------------------------------
     def verify(self) -> None:
@@ -191,9 +192,8 @@ class TorchEmbedder(ArtifactEmbedder):
         return model
 
     def _parity(self, candidate: np.ndarray, what: str) -> dict:
-        report = parity_report(candidate, self._reference)
-        report["threshold"], report["passes_parity"] = (self.precision_min_cosine,
-                                                        report["min_cosine"] >= self.precision_min_cosine)
+        assert self._reference is not None, "the fp32 reference is taken before any parity check"
+        report = parity_report(candidate, self._reference, self.precision_min_cosine)
         if not report["passes_parity"]:
             raise ArtifactError(
                 f"{self.dtype} on {self.device} ({what}) fails parity against fp32 on the same device (min cosine "

@@ -7,6 +7,7 @@ its exceptions, with the same `error_type` beside it (so one check reads both sh
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 from fastapi import FastAPI, Request
@@ -48,7 +49,8 @@ STATUS = {
 
 
 class ApiError(Exception):
-    def __init__(self, error_type: ErrorType, message: str, headers: dict | None = None, param: str | None = None):
+    def __init__(self, error_type: ErrorType, message: str, headers: Mapping[str, str] | None = None,
+                 param: str | None = None):
         super().__init__(message)
         self.error_type = error_type
         self.message = message
@@ -58,6 +60,10 @@ class ApiError(Exception):
     @property
     def status_code(self) -> int:
         return STATUS[self.error_type]
+
+    def response(self, path: str = "") -> JSONResponse:
+        """This error as the API `path` belongs to answers it (for code that runs outside a route)."""
+        return error_response(self.status_code, self.message, self.error_type.value, self.headers, path, self.param)
 
 
 OPENAI_PREFIX = "/v1/"
@@ -71,7 +77,7 @@ def openai_error_body(status_code: int, message: str, error_type: str, param: st
     return {"error": {"message": message, "type": kind, "param": param, "code": error_type}, "error_type": error_type}
 
 
-def error_response(status_code: int, message: str, error_type: str, headers: dict | None = None,
+def error_response(status_code: int, message: str, error_type: str, headers: Mapping[str, str] | None = None,
                    path: str = "", param: str | None = None) -> JSONResponse:
     """The error in the shape of the API `path` belongs to (OpenAI's under /v1/, TEI's elsewhere)."""
     if path.startswith(OPENAI_PREFIX):
@@ -97,23 +103,22 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return error_response(exc.status_code, exc.message, exc.error_type.value, exc.headers, request.url.path,
-                              exc.param)
+        return exc.response(request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         message, param = _describe_validation(exc)
-        return error_response(422, message, ErrorType.VALIDATION.value, path=request.url.path, param=param)
+        return ApiError(ErrorType.VALIDATION, message, param=param).response(request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         path = request.url.path
         if exc.status_code == 400:  # Starlette's "error parsing the body": the body is not JSON
-            return error_response(422, f"body: {exc.detail}", ErrorType.VALIDATION.value, path=path)
-        kinds = {404: ErrorType.NOT_FOUND.value, 405: ErrorType.METHOD_NOT_ALLOWED.value}
-        # Keep the handler's headers: a 405 must say what is allowed.
-        return error_response(exc.status_code, str(exc.detail), kinds.get(exc.status_code, "http"), exc.headers,
-                              path=path)
+            return ApiError(ErrorType.VALIDATION, f"body: {exc.detail}").response(path)
+        kind = {404: ErrorType.NOT_FOUND, 405: ErrorType.METHOD_NOT_ALLOWED}.get(exc.status_code)
+        if kind is not None:  # keep the handler's headers: a 405 must say what is allowed
+            return ApiError(kind, str(exc.detail), exc.headers).response(path)
+        return error_response(exc.status_code, str(exc.detail), "http", exc.headers, path=path)
 
 
 def error_responses(*statuses: int) -> dict:

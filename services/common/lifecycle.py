@@ -43,7 +43,7 @@ def lifespan_for(settings: ServiceSettings, service: EmbeddingService, metrics: 
         )
         service.state.batcher = app.state.batcher = batcher
         batcher.start()
-        loader = asyncio.create_task(load_and_warm_up(app, service))
+        loader = asyncio.create_task(load_and_warm_up(app, service, batcher))
         yield
         loader.cancel()
         await batcher.stop()
@@ -52,7 +52,7 @@ def lifespan_for(settings: ServiceSettings, service: EmbeddingService, metrics: 
     return lifespan
 
 
-async def load_and_warm_up(app: FastAPI, service: EmbeddingService) -> None:
+async def load_and_warm_up(app: FastAPI, service: EmbeddingService, batcher: DynamicBatcher) -> None:
     """Load, warm up, time one typical batch (so admission has a measured throughput from the first request),
     then mark the service ready; a failure is reported through /health and the on_load_failure hook."""
     embedder, state = service.embedder, service.state
@@ -62,14 +62,14 @@ async def load_and_warm_up(app: FastAPI, service: EmbeddingService) -> None:
         await asyncio.to_thread(service.token_ids.load)
         loaded = time.perf_counter()
         await asyncio.to_thread(embedder.warmup)
-        await asyncio.to_thread(state.batcher.calibrate, embedder.tokenize(CALIBRATION_TEXTS))
+        await asyncio.to_thread(batcher.calibrate, embedder.tokenize(CALIBRATION_TEXTS))
         service.bare_tokens = len(embedder.tokenize([""])[0])
         warm = time.perf_counter()
         state.ready = True
         log.info("model loaded in %.1f s, warmed up in %.1f s: serving %s / %s (dim %d, max %d tokens, "
                  "%.0f padded tokens/s measured)", loaded - started, warm - loaded, embedder.runtime,
                  embedder.variant, embedder.dimension, embedder.max_tokens,
-                 state.batcher.throughput.padded_tokens_per_s)
+                 batcher.throughput.padded_tokens_per_s)
     except Exception as exc:  # noqa: BLE001 - reported through /health and the exit code
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.error("model failed to load: %s; the service stays unhealthy", state.load_error)

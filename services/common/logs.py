@@ -16,7 +16,7 @@ class JsonFormatter(logging.Formatter):
     uvicorn's access-log fields by name."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
@@ -24,8 +24,8 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
-            client, method, path, version, status = record.args
-            entry.update(client=client, method=method, path=path, http_version=version, status=status)
+            fields = ("client", "method", "path", "http_version", "status")
+            entry.update(zip(fields, record.args, strict=True))
         trace = sys.modules.get("opentelemetry.trace")  # only when tracing is on: never imported for this
         if trace is not None:
             context = trace.get_current_span().get_span_context()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
@@ -29,7 +31,7 @@ def add_work_routes(app: FastAPI, service: EmbeddingService) -> None:
     async def embed(body: EmbedRequest, request: Request):
         return await service.embed(request, body)
 
-    embed_doc = {"responses": TEI_ERRORS, "response_model": list[list[float]]}
+    embed_doc: dict[str, Any] = {"responses": TEI_ERRORS, "response_model": list[list[float]]}
     app.post("/embed", summary="Embed texts (text-embeddings-inference compatible)", **embed_doc)(embed)
     # huggingface_hub's InferenceClient(model=<base url>).feature_extraction posts to the root, as TEI answers.
     app.post("/", summary="Embed texts: the same as /embed (text-embeddings-inference answers the root too)",

@@ -87,7 +87,7 @@ class OpenAIModel(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
-    owned_by: str = Field("embedding-lab", description="who serves it (OpenAI: the owning organization)")
+    owned_by: str = Field(default="embedding-lab", description="who serves it (OpenAI: the owning organization)")
 
 
 class OpenAIModelList(BaseModel):

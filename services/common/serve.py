@@ -30,6 +30,7 @@ class HeaderTimeoutProtocol(H11Protocol):
     """
 
     header_timeout_s = 10.0
+    _header_timer: asyncio.TimerHandle | None
 
     def connection_made(self, transport):
         super().connection_made(transport)
@@ -128,7 +129,7 @@ def serve(
         limit_concurrency=settings.max_connections,
         # The drain above already waited; this only bounds closing the connections.
         timeout_graceful_shutdown=5,
-        **({"log_config": uvicorn_log_config} if uvicorn_log_config else {}),
+        **({"log_config": uvicorn_log_config} if uvicorn_log_config else {}),  # type: ignore[arg-type]
     )
     server = DrainingServer(config, app, settings)
 

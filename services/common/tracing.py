@@ -31,6 +31,12 @@ class NoTrace:
     def end(self, status_code: int | None) -> None:
         pass
 
+    def activate(self) -> None:
+        return None
+
+    def deactivate(self, token) -> None:
+        pass
+
 
 NO_TRACE = NoTrace()
 

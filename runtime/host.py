@@ -53,7 +53,7 @@ class HostCpu:
 
 
 def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
-    model, flags = "", set()
+    model, flags = "", set[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +66,7 @@ def embed_in_groups(run: Run, tokenizer: TextTokenizer, texts: list[str], groups
         if out is None:
             out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
         out[group] = vectors
+    assert out is not None, "no texts to embed"
     return out
 
 
@@ -120,8 +122,8 @@ class HostMeasurements:
                                gate.get("min_top10_agreement", MIN_TOP10_AGREEMENT))
 
     def time_here(self, row) -> dict:
-        texts = self._check[0] if self._check else {"speed_batch": ["warm up"] * SPEED_BATCH_TEXTS,
-                                                    "speed_one": "warm up"}
+        texts: dict[str, Any] = (self._check[0] if self._check else
+                                 {"speed_batch": ["warm up"] * SPEED_BATCH_TEXTS, "speed_one": "warm up"})
         runner = row.load(self.artifacts_dir, self.manifest, self.threads)
         return service_speed(runner.run, self.tokenizer, texts["speed_batch"], texts["speed_one"], rounds=2,
                              one_text_rounds=3)

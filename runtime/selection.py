@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .host import HostCpu, probe_cpu
 from .manifest import ArtifactError, Manifest
@@ -43,7 +44,8 @@ class Candidate:
         return (self.speed or {}).get("texts_per_s")
 
     def to_dict(self) -> dict:
-        out = {"variant": self.name, "engine": self.engine, "precision": self.precision, "verdict": self.verdict}
+        out: dict[str, Any] = {"variant": self.name, "engine": self.engine, "precision": self.precision,
+                               "verdict": self.verdict}
         if self.speed:
             out["speed"] = self.speed
         if self.fidelity:
@@ -68,7 +70,8 @@ class Choice:
         """The candidates as log lines."""
         out = []
         for c in self.candidates:
-            speed = f"{c.texts_per_s:.1f} texts/s ({c.speed['measured']})" if c.texts_per_s else "no speed figure"
+            measured = (c.speed or {}).get("measured")
+            speed = f"{c.texts_per_s:.1f} texts/s ({measured})" if c.texts_per_s else "no speed figure"
             out.append(f"{c.name:<18} {c.precision:<26} {speed:<28} {c.verdict}")
         return out
 
@@ -103,10 +106,11 @@ def choose(manifest: Manifest, service: str, requested: str = "auto", device: st
         c.speed = _speed(manifest, c.name, device, host, time_here if len(eligible) > 1 else None, rows)
     timed = [c for c in eligible if c.texts_per_s]
     if timed:
-        best = max(timed, key=lambda c: c.texts_per_s)  # ties: table order (max keeps the first)
-        where = "measured on this CPU at build" if best.speed["measured"] == "build" else "timed at start-up"
+        best = max(timed, key=lambda c: c.texts_per_s or 0.0)  # ties: table order (max keeps the first)
+        speed = best.speed or {}
+        where = "measured on this CPU at build" if speed["measured"] == "build" else "timed at start-up"
         reason = (f"fastest of {len(eligible)} that pass the gate here: {best.texts_per_s:.1f} texts/s at a "
-                  f"batch of {best.speed.get('batch_texts', '?')} ({where})")
+                  f"batch of {speed.get('batch_texts', '?')} ({where})")
     else:
         best = eligible[0]
         reason = "no speed figures (an older manifest, another CPU and no timing): the first that passes"

@@ -20,6 +20,8 @@ def smoothed_linear_class():
     class SmoothedLinear(torch.nn.Module):
         """x -> linear(x * inv_scale); the Linear's weight rows were multiplied by 1 / inv_scale."""
 
+        inv_scale: torch.Tensor  # a registered buffer
+
         def __init__(self, linear: torch.nn.Module, inv_scale: torch.Tensor):
             super().__init__()
             self.register_buffer("inv_scale", inv_scale)

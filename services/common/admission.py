@@ -133,8 +133,9 @@ class ThroughputEstimate:
         """(padded tokens, real tokens, seconds, texts) over the calls seen; summed once per observation, as
         admission reads them on every request."""
         if self._totals is None:
-            columns = zip(*self._calls, strict=True) if self._calls else [()] * 4
-            self._totals = tuple(float(sum(column)) for column in columns)
+            columns = list(zip(*self._calls, strict=True)) if self._calls else [()] * 4
+            padded, real, seconds, texts = (float(sum(column)) for column in columns)
+            self._totals = (padded, real, seconds, texts)
         return self._totals
 
     @property

@@ -188,6 +188,7 @@ class DynamicBatcher:
     async def wait(self, job: Job) -> BatchResult:
         await job.future
         finished = self._clock()
+        assert job.started_at is not None, "a finished job has started"
         return BatchResult(
             embeddings=np.stack(job.results),
             queue_ms=(job.started_at - job.enqueued_at) * 1000.0,
@@ -331,6 +332,7 @@ class DynamicBatcher:
             job.remaining -= 1
             if job.remaining == 0 and not job.future.done():
                 job.finished_at = self._clock()
+                assert job.started_at is not None, "a job's first batch sets started_at"
                 self._metrics.queue_time.observe(job.started_at - job.enqueued_at)
                 job.future.set_result(None)
 

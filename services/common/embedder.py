@@ -6,6 +6,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,7 @@ class Embedder(ABC):
 
     runtime: str = ""
     variant: str = ""
+    artifacts_dir: Path | None = None  # the artifact folder served from (None: no files, as in tests)
     model_id: str = ""
     dimension: int
     max_tokens: int
@@ -143,6 +145,7 @@ class ArtifactEmbedder(Embedder):
     """
 
     service: str = ""
+    artifacts_dir: Path
 
     def __init__(self, artifacts_dir: Path, variant: str = "auto", threads: int | None = None, device: str = "cpu",
                  allowed: tuple[str, ...] | None = None):
@@ -162,8 +165,14 @@ class ArtifactEmbedder(Embedder):
         self.max_tokens = model.max_seq_length
         self.normalize_default = model.normalize
         self.prompts, self.default_prompt_name = read_prompts(self.artifacts_dir, self.manifest)
-        self.tokenizer: TextTokenizer | None = None
-        self._hf_tokenizer = None  # tokenizers.Tokenizer, for offsets and decoding (/tokenize, /decode)
+        self._tokenizer: TextTokenizer | None = None
+        self._hf_tokenizer: Any = None  # tokenizers.Tokenizer, for offsets and decoding (/tokenize, /decode)
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        if self._tokenizer is None:
+            raise RuntimeError(f"{type(self).__name__}.load() has not run: there is no tokenizer yet")
+        return self._tokenizer
 
     @property
     def record(self):
@@ -181,7 +190,7 @@ class ArtifactEmbedder(Embedder):
         from tokenizers import Tokenizer
 
         tokenizer_file = self.artifacts_dir / self.manifest.tokenizer.path
-        self.tokenizer = TextTokenizer(tokenizer_file, self.max_tokens)
+        self._tokenizer = TextTokenizer(tokenizer_file, self.max_tokens)
         self._hf_tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self._hf_tokenizer.no_padding()
         self._hf_tokenizer.no_truncation()
@@ -207,7 +216,7 @@ class ArtifactEmbedder(Embedder):
         return out
 
     def decode(self, ids: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
-        size = self.vocab_size
+        size = self.vocab_size or 0
         for row in ids:
             bad = next((i for i in row if not 0 <= i < size), None)
             if bad is not None:

@@ -9,10 +9,16 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class ServiceMetrics:
+    """Every metric a service exports, by what it describes: requests, the model's batches, admission."""
+
     def __init__(self, prefix: str = "embed"):
         self.registry = CollectorRegistry()
-        r = self.registry
-        ProcessCollector(registry=r)  # process_cpu_seconds_total, resident memory: what load reports read
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, resident memory: load reports read
+        self._request_metrics(prefix, self.registry)
+        self._batch_metrics(prefix, self.registry)
+        self._admission_metrics(prefix, self.registry)
+
+    def _request_metrics(self, prefix: str, r: CollectorRegistry) -> None:
         self.requests = Counter(
             f"{prefix}_requests", "HTTP requests by route and status", ["route", "status"], registry=r
         )
@@ -29,9 +35,12 @@ class ServiceMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.in_flight = Gauge(f"{prefix}_requests_in_flight", "Embedding requests being handled", registry=r)
+
+    def _batch_metrics(self, prefix: str, r: CollectorRegistry) -> None:
         self.inference_time = Histogram(
             f"{prefix}_inference_time_seconds",
-            "Model time per batch (tokenize + forward)",
+            "Model time per batch (forward and pooling: texts are tokenized before they queue)",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -50,8 +59,22 @@ class ServiceMetrics:
             buckets=(16, 64, 256, 1024, 4096, 16384, 65536),
             registry=r,
         )
-        self.queue_depth = Gauge(f"{prefix}_queue_depth", "Texts waiting for a model call", registry=r)
         self.texts = Counter(f"{prefix}_texts", "Texts embedded", registry=r)
+        self.tokens_per_second = Gauge(
+            f"{prefix}_measured_padded_tokens_per_second",
+            "Padded tokens per second of model time, over the last model calls",
+            registry=r,
+        )
+        self.variant_candidates = Gauge(
+            f"{prefix}_variant_candidate_texts_per_second",
+            "Variants considered at start-up: texts/s at the service batch (0 where none was measured), with "
+            "their verdict (chosen, passes, or why not)",
+            ["variant", "precision", "verdict"],
+            registry=r,
+        )
+
+    def _admission_metrics(self, prefix: str, r: CollectorRegistry) -> None:
+        self.queue_depth = Gauge(f"{prefix}_queue_depth", "Texts waiting for a model call", registry=r)
         self.admitted = Counter(f"{prefix}_admitted", "Embedding requests admitted to the queue", registry=r)
         self.rejected = Counter(
             f"{prefix}_rejected",
@@ -76,19 +99,6 @@ class ServiceMetrics:
         self.wait_correction = Gauge(
             f"{prefix}_wait_correction",
             "Factor on the raw queue-wait estimate: a high percentile of actual / estimated waits of past requests",
-            registry=r,
-        )
-        self.tokens_per_second = Gauge(
-            f"{prefix}_measured_padded_tokens_per_second",
-            "Padded tokens per second of model time, over the last model calls",
-            registry=r,
-        )
-        self.in_flight = Gauge(f"{prefix}_requests_in_flight", "Embedding requests being handled", registry=r)
-        self.variant_candidates = Gauge(
-            f"{prefix}_variant_candidate_texts_per_second",
-            "Variants considered at start-up: texts/s at the service batch (0 where none was measured), with "
-            "their verdict (chosen, passes, or why not)",
-            ["variant", "precision", "verdict"],
             registry=r,
         )
 

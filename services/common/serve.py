@@ -105,18 +105,7 @@ def serve(
         return _fail(f"cannot start: {exc}", debug)
     except Exception as exc:  # noqa: BLE001 - any other start-up failure a user can cause: one line, exit 2
         return _fail(f"cannot start: {type(exc).__name__}: {exc} (run with --debug for the traceback)", debug)
-    if settings.api_key_list:
-        log.info("API keys required on every route but /health (%d key(s))", len(settings.api_key_list))
-    elif settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s without API keys: anyone who reaches it can use it", settings.host)
-    choice = getattr(embedder, "choice", None)
-    if choice is not None:
-        log.info("CPU: %s; artifacts built on: %s", choice.host.describe(),
-                 choice.build_host.describe() if choice.build_host else "not recorded")
-        for line in choice.lines():
-            log.info("  candidate %s", line)
-    log.info("serving variant %s (%s) from %s", embedder.variant,
-             choice.reason if choice is not None else "as requested", embedder.artifacts_dir)
+    log_start_up(settings, embedder)
     app = create_app(settings, embedder, runtime_packages)
     HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
     config = uvicorn.Config(
@@ -149,6 +138,22 @@ def serve(
         print(f"error: model failed to load: {app.state.serving.load_error}", file=sys.stderr)
         return 1
     return 0
+
+
+def log_start_up(settings: ServiceSettings, embedder: Embedder) -> None:
+    """Who may call, the CPU, the candidates and the variant chosen among them, and why."""
+    if settings.api_key_list:
+        log.info("API keys required on every route but /health (%d key(s))", len(settings.api_key_list))
+    elif settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s without API keys: anyone who reaches it can use it", settings.host)
+    choice = getattr(embedder, "choice", None)
+    if choice is not None:
+        log.info("CPU: %s; artifacts built on: %s", choice.host.describe(),
+                 choice.build_host.describe() if choice.build_host else "not recorded")
+        for line in choice.lines():
+            log.info("  candidate %s", line)
+    log.info("serving variant %s (%s) from %s", embedder.variant,
+             choice.reason if choice is not None else "as requested", embedder.artifacts_dir)
 
 
 def check_prompt_setting(settings: ServiceSettings, embedder: Embedder) -> None:

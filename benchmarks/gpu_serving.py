@@ -131,7 +131,7 @@ class Run:
             t0 = time.perf_counter()
             try:
                 self.results["sections"][name] = getattr(self, name)()
-            except Exception as exc:  # noqa: BLE001 - one failing section must not lose the others' figures
+            except Exception as exc:  # one failing section must not lose the others' figures
                 self.results["sections"][name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
             print(f"[{name}] done in {time.perf_counter() - t0:.1f} s", flush=True)
         self.write()
@@ -164,7 +164,7 @@ class Run:
             env.update(TORCH_API_SEQ_BUCKETS="default", TORCH_API_VARIANT="torch_fp32", TORCH_API_MAX_BATCH_SIZE="8")
         try:
             return self.serve("services.torch_api", env)
-        except Exception as exc:  # noqa: BLE001 - one GPU run is all there is: fall back to eager, say why
+        except Exception as exc:  # one GPU run is all there is: fall back to eager, say why
             if self.args.device != "cuda" or self.left() <= 0:
                 raise
             print(f"  torch_api failed ({exc}); once more without torch.compile", flush=True)
@@ -354,7 +354,7 @@ def main(argv=None) -> int:
     run = Run(args)
     missing = run.results["environment"]["missing_modules"]
     if missing:
-        print(f"missing modules: {', '.join(missing)} (carry wheels: make gpu-wheels)", file=sys.stderr)
+        print(f"missing modules: {', '.join(missing)} (carry wheels: make gpu-carry)", file=sys.stderr)
     if args.device == "cuda" and not run.results["environment"].get("cuda_available"):
         run.results["skipped"]["all"] = "CUDA is not available here: run with --device cpu to test the script"
         run.write()

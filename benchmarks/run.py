@@ -159,7 +159,7 @@ def hardware_info() -> dict:
 
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
-    except Exception:  # noqa: BLE001 - hardware probing must never fail the run
+    except Exception:  # hardware probing must never fail the run
         pass
     return info
 

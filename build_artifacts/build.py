@@ -211,10 +211,10 @@ class BuildState:
         speed = self.speed(runner.run)
         del runner
         runtime = {"onnxruntime": "onnx"}.get(row.engine, row.engine)
-        self.artifacts[row.name] = ArtifactRecord.describe(self.staging, row.path, runtime, row.precision, parity,
+        self.artifacts[row.name] = ArtifactRecord.from_files(self.staging, row.path, runtime, row.precision, parity,
                                                            notes, speed=speed, measured_on=self.host.to_dict(),
                                                            **extra)
-        return f"{parity.describe()}; {speed['texts_per_s']:.1f} texts/s at {speed['batch_texts']}, " \
+        return f"{parity.summary()}; {speed['texts_per_s']:.1f} texts/s at {speed['batch_texts']}, " \
                f"{speed['one_text_ms']:.1f} ms for one"
 
 
@@ -431,7 +431,7 @@ def manifest_of(state: BuildState) -> Manifest:
         "model": {"source": state.model, "dimension": state.dimension, "pooling": state.pooling.mode,
                   "normalize": state.pooling.normalize, "max_seq_length": state.pooling.max_seq_length, **summary},
         "tokenizer": TokenizerInfo("tokenizer/tokenizer.json",
-                                   tuple(FileEntry.describe(state.staging, f) for f in tokenizer_files)).to_dict(),
+                                   tuple(FileEntry.from_file(state.staging, f) for f in tokenizer_files)).to_dict(),
         "tools": tool_versions(),
         "build": {"threads": state.threads or os.cpu_count(), "onnx_opset": state.recipe.onnx_opset,
                   "machine": platform.machine(), "host": state.host.to_dict(), "recipe": state.recipe.to_dict()},
@@ -453,7 +453,7 @@ def manifest_of(state: BuildState) -> Manifest:
                               f"on the parity texts embedded until then (texts and retrieval_texts say how many)",
             "check": {"texts": measure_here.CHECK_TEXTS_FILE, "vectors": measure_here.CHECK_VECTORS_FILE,
                       "recheck_texts": len(range(0, len(state.retrieval), RECHECK_STRIDE)),
-                      "files": [FileEntry.describe(state.staging, f).to_dict()
+                      "files": [FileEntry.from_file(state.staging, f).to_dict()
                                 for f in (measure_here.CHECK_TEXTS_FILE, measure_here.CHECK_VECTORS_FILE)]},
         },
         "artifacts": {name: record.to_dict() for name, record in state.artifacts.items()},

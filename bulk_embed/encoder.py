@@ -68,7 +68,7 @@ class Encoder:
     def embed(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
         return self.embed_ids([self.truncate(row) for row in self.token_ids(texts)], batch_size)
 
-    def describe(self) -> dict:
+    def details(self) -> dict:
         """What the output files' metadata records about the model."""
         record = self.manifest.artifacts[self.variant]
         return {"model": public_model_name(self.model_id), "variant": self.variant, "precision": record.precision,

@@ -205,7 +205,7 @@ def _plan_parquet(index: int, file: InputFile, rows_per_part: int, text_column: 
 
     try:
         meta = pq.ParquetFile(file.path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
+    except Exception as exc:  # pyarrow raises several types for a bad file
         raise InputError(f"{file.source}: not a readable Parquet file ({exc})") from None
     names = meta.schema_arrow.names
     if text_column not in names:

@@ -210,7 +210,7 @@ def _run_pending(config: JobConfig, variant: str, artifacts: Path, out_dir: Path
                 bar.update(int(row["rows"]))
         except (InputError, KeyboardInterrupt):
             raise
-        except Exception as exc:  # noqa: BLE001 - Ray wraps the worker's error; one line of it is enough
+        except Exception as exc:  # Ray wraps the worker's error; one line of it is enough
             raise JobFailed(f"a part failed ({_one_line(exc)}); {_count(totals['parts'], 'part')} written this run "
                             f"kept: fix the cause and rerun with --resume") from exc
         finally:

@@ -117,7 +117,7 @@ def kill_and_resume(args, out: Path, batch_size: int, workers: int, threads: int
 def cpu_model() -> str:
     from runtime.host import probe_cpu
 
-    return probe_cpu().describe()
+    return probe_cpu().summary()
 
 
 def markdown(results: dict) -> str:

@@ -113,7 +113,7 @@ def process_part(encoder: Encoder, config: WorkerConfig, part: Part) -> dict:
     columns["n_tokens"] = pa.array([len(r) for r in token_ids], pa.int32())
     columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()),
                                                              encoder.dimension)
-    table = pa.Table.from_pydict(columns, schema=schema(encoder.dimension, config.keep_text, encoder.describe()))
+    table = pa.Table.from_pydict(columns, schema=schema(encoder.dimension, config.keep_text, encoder.details()))
     write_table_atomic(out / f"{part.name}.parquet", table)
     return {"part": part.name, "rows": len(raw), "embedded": len(rows), "rejects": len(rejects),
             "reasons": json.dumps(Counter(r["reason"] for r in rejects)), "tokens": sum(len(r) for r in token_ids),

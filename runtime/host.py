@@ -38,7 +38,7 @@ class HostCpu:
         """Same model and the same relevant features: figures measured on one hold on the other."""
         return self.model == other.model and self.features == other.features
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return f"{self.model} ({', '.join(sorted(self.features)) or 'no AVX2'})"
 
     def to_dict(self) -> dict:

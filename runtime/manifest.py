@@ -55,7 +55,7 @@ class FileEntry:
     sha256: str
 
     @classmethod
-    def describe(cls, root: Path, relative_path: str) -> FileEntry:
+    def from_file(cls, root: Path, relative_path: str) -> FileEntry:
         return cls(relative_path, (root / relative_path).stat().st_size, sha256_of(root / relative_path))
 
     def verify(self, root: Path) -> None:
@@ -95,7 +95,7 @@ class Parity:
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         verdict = "passes" if self.passes_parity else "FAILS"
         text = f"min cos {self.min_cosine:.4f}, mean {self.mean_cosine:.4f}"
         if self.top10_agreement is not None:
@@ -137,7 +137,7 @@ class ArtifactRecord:
         return cls(**known, extra=extra)
 
     @classmethod
-    def describe(cls, root: Path, rel_path: str, runtime: str, precision: str, parity: Parity, notes: str,
+    def from_files(cls, root: Path, rel_path: str, runtime: str, precision: str, parity: Parity, notes: str,
                  **optional) -> ArtifactRecord:
         """Record the files under root/rel_path (a file or a folder) with their sizes and sha256."""
         target = root / rel_path
@@ -145,7 +145,7 @@ class ArtifactRecord:
             paths = sorted(str(p.relative_to(root)) for p in target.rglob("*") if p.is_file())
         else:
             paths = [rel_path]
-        files = tuple(FileEntry.describe(root, p) for p in paths)
+        files = tuple(FileEntry.from_file(root, p) for p in paths)
         return cls(runtime, precision, rel_path, sum(f.bytes for f in files), files, parity, notes, **optional)
 
     def to_dict(self) -> dict:

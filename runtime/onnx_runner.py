@@ -37,7 +37,7 @@ class OnnxSentenceRunner:
         )
         self._input_names = {i.name for i in self.session.get_inputs()}
 
-    def describe(self) -> dict:
+    def details(self) -> dict:
         return {"providers": self.session.get_providers()}
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 OpenVINO reads `onnx/model.onnx` as it is and compiles it for this CPU at load (about a second for
 MPNet-base). The inference precision is set explicitly from the variant (OpenVINO's own default is bf16 on
-CPUs that have it, f32 elsewhere), so the variant's name says what runs; `describe()` reports what OpenVINO
+CPUs that have it, f32 elsewhere), so the variant's name says what runs; `details()` reports what OpenVINO
 actually compiled. The int8 variant is an IR folder (`model.xml` + `model.bin`) whose linear layers hold
 per-channel 8-bit weights; OpenVINO quantizes their activations per token in groups of
 `PER_TOKEN_GROUP` channels at run time and runs the dot products in int8 (VNNI / AMX).
@@ -48,7 +48,7 @@ class OpenVinoRunner:
         result = self._request.infer({k: v for k, v in feeds.items() if k in self._inputs})
         return np.array(result[self._output], dtype=np.float32)  # a copy: the request reuses its buffers
 
-    def describe(self) -> dict:
+    def details(self) -> dict:
         return {"openvino_inference_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT")),
                 "openvino_performance_hint": str(self.compiled.get_property("PERFORMANCE_HINT")),
                 "openvino_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),

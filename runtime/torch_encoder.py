@@ -98,7 +98,7 @@ class TorchRunner:
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return embed(self.encoder, input_ids, attention_mask, self.device)
 
-    def describe(self) -> dict:
+    def details(self) -> dict:
         return {}
 
 

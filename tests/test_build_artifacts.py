@@ -289,5 +289,5 @@ def test_openvino_int8_ir_quantizes_every_linear_layer_and_runs_per_token(minilm
     assert record.recipe["linear_layers_int8"] == 36  # 6 layers x (q, k, v, o, ffn in, ffn out)
     assert {f.path for f in record.files} == {"openvino_int8/model.xml", "openvino_int8/model.bin"}
     runner = TABLE_BY_NAME["openvino_int8"].load(minilm_artifacts, manifest, threads=1)
-    assert runner.describe()["openvino_dynamic_quantization_group"] == 32
+    assert runner.details()["openvino_dynamic_quantization_group"] == 32
     assert record.parity.retrieval_texts is not None and record.speed["texts_per_s"] > 0

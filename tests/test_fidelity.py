@@ -128,7 +128,7 @@ def test_old_manifest_without_retrieval_fields_loads_and_keeps_its_verdict():
     manifest = Manifest.from_dict(data)
     smooth = manifest.artifacts["onnx_int8_smooth"].parity
     assert smooth.top10_agreement is None and smooth.passes_parity
-    assert "top-10" not in smooth.describe()
+    assert "top-10" not in smooth.summary()
     assert manifest.to_dict() == data  # no new keys appear in an old manifest
 
 
@@ -138,7 +138,7 @@ def test_new_parity_fields_round_trip_and_explain_a_failure():
     parity = Parity.from_dict(report)
     assert Parity.from_dict(parity.to_dict()) == parity
     assert "top-10 agreement" in parity.why_failing() and "min cosine" not in parity.why_failing()
-    assert "FAILS" in parity.describe()
+    assert "FAILS" in parity.summary()
 
 
 @pytest.mark.slow

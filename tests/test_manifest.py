@@ -35,14 +35,14 @@ def folder(tmp_path):
     for rel, data in (("onnx/a.onnx", b"a" * 100), ("onnx/b.onnx", b"b" * 50), ("tokenizer/tokenizer.json", b"{}")):
         (tmp_path / rel).write_bytes(data)
     artifacts = {
-        "onnx_int8": ArtifactRecord.describe(tmp_path, "onnx/b.onnx", "onnx", "int8", _parity(0.5), "fails"),
-        "onnx_optimized": ArtifactRecord.describe(tmp_path, "onnx/a.onnx", "onnx", "fp32", _parity(0.9999), "ok"),
+        "onnx_int8": ArtifactRecord.from_files(tmp_path, "onnx/b.onnx", "onnx", "int8", _parity(0.5), "fails"),
+        "onnx_optimized": ArtifactRecord.from_files(tmp_path, "onnx/a.onnx", "onnx", "fp32", _parity(0.9999), "ok"),
     }
     manifest = Manifest.from_dict({
         "created_at": "2026-01-01T00:00:00+00:00",
         "model": {"source": "m", "dimension": 4, "pooling": "mean", "normalize": True, "max_seq_length": 16},
         "tokenizer": TokenizerInfo("tokenizer/tokenizer.json",
-                                   (FileEntry.describe(tmp_path, "tokenizer/tokenizer.json"),)).to_dict(),
+                                   (FileEntry.from_file(tmp_path, "tokenizer/tokenizer.json"),)).to_dict(),
         "build": {"recipe": DEFAULT_RECIPE.to_dict()},
         "artifacts": {k: v.to_dict() for k, v in artifacts.items()},
     })

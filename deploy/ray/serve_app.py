@@ -98,7 +98,7 @@ class WarmBeforeReady:
             if message["type"] == "lifespan.startup.complete":
                 try:
                     await self._wait_healthy()
-                except Exception as exc:  # noqa: BLE001 - reported as a failed start-up
+                except Exception as exc:  # reported as a failed start-up
                     message = {"type": "lifespan.startup.failed", "message": str(exc)}
             await send(message)
 

@@ -45,7 +45,7 @@ class Job:
     results: list = field(default_factory=list)
     remaining: int = 0
     started_at: float | None = None
-    cancelled: bool = False
+    retired: bool = False  # dropped before its answer: the client left, its deadline passed, or the model failed
     queued_tokens: int = 0  # tokens of this job's texts still in the queue
     queued_texts: int = 0
     longest: int = 0  # tokens of its longest text
@@ -202,7 +202,7 @@ class DynamicBatcher:
 
     def cancel(self, job: Job) -> None:
         """The client went away: its texts still queued are dropped before they reach the model."""
-        if job.future.done() or job.cancelled:
+        if job.future.done() or job.retired:
             return
         self._retire(job, "disconnected")
         job.future.cancel()
@@ -213,14 +213,14 @@ class DynamicBatcher:
 
     def _retire(self, job: Job, reason: str) -> None:
         """Mark a job dead: its texts left in the queue stop counting as queued work."""
-        job.cancelled, job.drop_reason = True, reason
+        job.retired, job.drop_reason = True, reason
         self.queued_tokens -= job.queued_tokens
         self.queued_texts -= job.queued_texts
 
     def _unqueue(self, item: _Item) -> None:
         item.job.queued_tokens -= item.tokens
         item.job.queued_texts -= 1
-        if not item.job.cancelled:
+        if not item.job.retired:
             self.queued_tokens -= item.tokens
             self.queued_texts -= 1
 
@@ -232,7 +232,7 @@ class DynamicBatcher:
         now = self._clock()
         while self._queue:
             job = self._queue[0].job
-            if not job.cancelled:
+            if not job.retired:
                 overdue = self.admission.overdue(job.enqueued_at, job.deadline, now) if job.started_at is None else None
                 if overdue is None:
                     return
@@ -304,7 +304,7 @@ class DynamicBatcher:
                 self.admission.record_wait(job.enqueued_at, job.raw_estimate_s, started)
         self._metrics.batch_requests.observe(len(self._running_jobs))
         for group in groups:
-            items = [batch[i] for i in group if not batch[i].job.cancelled]
+            items = [batch[i] for i in group if not batch[i].job.retired]
             if items:
                 await self._call(items, backlogged)
         self.admission.batch_ended()
@@ -321,7 +321,7 @@ class DynamicBatcher:
             log.exception("model call failed for a batch of %d texts", len(rows))
             for job in {item.job for item in items}:
                 job.fail(exc)
-                if not job.cancelled:
+                if not job.retired:
                     self._retire(job, "failed")
             return
         self._observe(rows, self._clock() - call_started, model_seconds, backlogged)

@@ -229,7 +229,7 @@ class EmbeddingService:
             raise overloaded(exc) from None
         except ShuttingDown as exc:
             raise ApiError(ErrorType.UNHEALTHY, f"not run: {exc}", {"Retry-After": "1"}) from None
-        except Exception as exc:  # noqa: BLE001 - the model's failure, never the client's: a 500 without details
+        except Exception as exc:  # the model's failure, never the client's: a 500 without details
             raise ApiError(ErrorType.BACKEND, f"model call failed: {type(exc).__name__}") from None
         self._trace_batch(request, token_ids, result)
         return result

@@ -70,7 +70,7 @@ async def load_and_warm_up(app: FastAPI, service: EmbeddingService, batcher: Dyn
                  "%.0f padded tokens/s measured)", loaded - started, warm - loaded, embedder.runtime,
                  embedder.variant, embedder.dimension, embedder.max_tokens,
                  batcher.throughput.padded_tokens_per_s)
-    except Exception as exc:  # noqa: BLE001 - reported through /health and the exit code
+    except Exception as exc:  # reported through /health and the exit code
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.error("model failed to load: %s; the service stays unhealthy", state.load_error)
         on_failure = getattr(app.state, "on_load_failure", None)

@@ -103,7 +103,7 @@ def serve(
         embedder.verify()
     except (SettingsError, ArtifactError) as exc:
         return _fail(f"cannot start: {exc}", debug)
-    except Exception as exc:  # noqa: BLE001 - any other start-up failure a user can cause: one line, exit 2
+    except Exception as exc:  # any other start-up failure a user can cause: one line, exit 2
         return _fail(f"cannot start: {type(exc).__name__}: {exc} (run with --debug for the traceback)", debug)
     log_start_up(settings, embedder)
     app = create_app(settings, embedder, runtime_packages)
@@ -148,8 +148,8 @@ def log_start_up(settings: ServiceSettings, embedder: Embedder) -> None:
         log.warning("listening on %s without API keys: anyone who reaches it can use it", settings.host)
     choice = getattr(embedder, "choice", None)
     if choice is not None:
-        log.info("CPU: %s; artifacts built on: %s", choice.host.describe(),
-                 choice.build_host.describe() if choice.build_host else "not recorded")
+        log.info("CPU: %s; artifacts built on: %s", choice.host.summary(),
+                 choice.build_host.summary() if choice.build_host else "not recorded")
         for line in choice.lines():
             log.info("  candidate %s", line)
     log.info("serving variant %s (%s) from %s", embedder.variant,

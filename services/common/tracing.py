@@ -133,5 +133,5 @@ class Tracing:
         if self.enabled:
             try:
                 self.provider.shutdown()
-            except Exception as exc:  # noqa: BLE001 - a collector that went away must not fail the shutdown
+            except Exception as exc:  # a collector that went away must not fail the shutdown
                 log.warning("tracing: flushing spans at shutdown failed: %s", exc)

@@ -84,5 +84,5 @@ class OnnxEmbedder(ArtifactEmbedder):
         if self.runtime == "onnxruntime":
             out["graph_optimizations_at_load"] = self.row.optimize_at_load
         if self._runner is not None:
-            out.update(self._runner.describe())
+            out.update(self._runner.details())
         return out

@@ -39,8 +39,16 @@ test-fast: setup
 test-slow: setup models-small
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+# Style, format and types (CI runs this first): ruff's rules, ruff format, mypy on runtime/ and services/.
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy runtime services
+
+# docs/settings.md, rendered from the services' settings classes (tests/test_docs.py fails when it is stale).
+.PHONY: docs
+docs: setup
+	$(PY) scripts/settings_doc.py
 
 # Main job: artifacts + every lab measurement for the reference architecture, offline.
 artifacts: models
@@ -51,12 +59,25 @@ benchmark: artifacts
 	$(PY) -m benchmarks --model $(OFFLINE_MODEL) --artifacts artifacts/all-mpnet-base-v2 \
 		--threads $(THREADS) --runs $(RUNS) --time-budget-s $(TIME_BUDGET_S) --out results/benchmark
 
-# The services' auto variants side by side with onnx_optimized and sentence-transformers' backends, one run
-# (sentence-transformers' OpenVINO backend needs optimum-intel, whose releases pin transformers < 5.6: not here).
-.PHONY: peers
-peers: artifacts
+# The services' auto variants side by side with onnx_optimized and sentence-transformers' backends, one run.
+# sentence-transformers runs from .venv-peers (one worker per backend, interleaved with the services' paths):
+# its OpenVINO backend needs optimum-intel, whose releases pin transformers < 5.6, the project's venv has 5.24.
+PEERS_VENV ?= .venv-peers
+.PHONY: peers peers-env
+peers: artifacts peers-env
 	$(PY) -m benchmarks.peers --model $(OFFLINE_MODEL) --artifacts artifacts/all-mpnet-base-v2 \
-		--threads $(THREADS) --out results/peers
+		--threads $(THREADS) --out results/peers --peer-python $(PEERS_VENV)/bin/python
+
+peers-env: $(PEERS_VENV)/.setup-stamp
+
+# torchvision (optimum-intel requires it, only its image models use it) is dropped where it cannot import: PyPI's
+# CUDA build beside a CPU torch, which would break transformers' imports.
+$(PEERS_VENV)/.setup-stamp: benchmarks/requirements-peers.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r benchmarks/requirements-peers.txt
+	$(PEERS_VENV)/bin/python -c "import torchvision" 2>/dev/null || \
+		$(PEERS_VENV)/bin/python -m pip uninstall --quiet --disable-pip-version-check --yes torchvision
+	touch $@
 
 # Lab Ex4/Ex5 on a CUDA machine: MPNet-base with random weights (no weights needed), real tokenizer.
 # GPU_PYTHON: an interpreter whose torch has CUDA (the project venv holds the CPU build).

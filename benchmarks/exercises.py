@@ -24,9 +24,15 @@ from .timing import Timing, dynamo_graph_count, summarize, time_calls
 
 # What the GPU lab measures (benchmarks.gpu_lab), recorded as skipped rows where CUDA is absent.
 GPU_VARIANTS = [
-    ("ex4", "gpu_fp32"), ("ex4", "gpu_fp16"), ("ex4", "gpu_bf16"), ("ex4", "gpu_autocast_fp16"),
-    ("ex4", "h2d_copy_pageable"), ("ex4", "h2d_copy_pinned"),
-    ("ex5", "compile_default_gpu"), ("ex5", "compile_max-autotune"), ("ex5", "compile_max-autotune-no-cudagraphs"),
+    ("ex4", "gpu_fp32"),
+    ("ex4", "gpu_fp16"),
+    ("ex4", "gpu_bf16"),
+    ("ex4", "gpu_autocast_fp16"),
+    ("ex4", "h2d_copy_pageable"),
+    ("ex4", "h2d_copy_pinned"),
+    ("ex5", "compile_default_gpu"),
+    ("ex5", "compile_max-autotune"),
+    ("ex5", "compile_max-autotune-no-cudagraphs"),
 ]
 
 
@@ -108,8 +114,14 @@ def ex1_modes(ctx: Context) -> None:
         # from_pretrained() already calls eval(); train() shows what eval() buys (dropout off).
         model.train()
         torch.manual_seed(0)
-        ctx.recorder.add("ex1", "no_optimizations", case, _timed(ctx, plain), _numpy(plain()),
-                         note="train() mode (dropout active), autograd on")
+        ctx.recorder.add(
+            "ex1",
+            "no_optimizations",
+            case,
+            _timed(ctx, plain),
+            _numpy(plain()),
+            note="train() mode (dropout active), autograd on",
+        )
         model.eval()
         for variant, fn in (("eval", plain), ("eval_no_grad", no_grad), ("eval_inference_mode", inference_mode)):
             ctx.recorder.add("ex1", variant, case, _timed(ctx, fn), _numpy(fn()))
@@ -147,8 +159,14 @@ def ex2_compile(ctx: Context) -> None:
         first_ms = (time.perf_counter() - t0) * 1000.0
         new_graphs = dynamo_graph_count() - graphs_before
         compile_log.append({"input": case.name, "first_call_ms": round(first_ms, 1), "graphs_compiled": new_graphs})
-        ctx.recorder.add("ex2", "compile_default_first_call", case, summarize([first_ms]), _numpy(first),
-                         note=f"compile + first call; {new_graphs} graph(s) compiled at this size")
+        ctx.recorder.add(
+            "ex2",
+            "compile_default_first_call",
+            case,
+            summarize([first_ms]),
+            _numpy(first),
+            note=f"compile + first call; {new_graphs} graph(s) compiled at this size",
+        )
         ctx.recorder.add("ex2", "compile_default", case, _timed(ctx, call), _numpy(call()))
     ctx.extras["compile_cpu"] = compile_log
 
@@ -174,10 +192,16 @@ def ex3_int8(ctx: Context) -> None:
 
 
 def _describe_int8(ctx: Context, quantized) -> None:
-    example = next((name, m) for name, m in quantized.named_modules()
-                   if type(m).__name__ == "Linear" and "quantized" in type(m).__module__)
-    ctx.extras["int8_module_example"] = {"name": example[0], "printed": repr(example[1]),
-                                         "class": f"{type(example[1]).__module__}.{type(example[1]).__name__}"}
+    example = next(
+        (name, m)
+        for name, m in quantized.named_modules()
+        if type(m).__name__ == "Linear" and "quantized" in type(m).__module__
+    )
+    ctx.extras["int8_module_example"] = {
+        "name": example[0],
+        "printed": repr(example[1]),
+        "class": f"{type(example[1]).__module__}.{type(example[1]).__name__}",
+    }
     sizes = {"fp32": temp_bytes_of_state_dict(ctx.fp32), "int8": temp_bytes_of_state_dict(quantized)}
     sizes["ratio"] = round(sizes["fp32"] / sizes["int8"], 2)
     ctx.extras["state_dict_bytes"] = sizes
@@ -186,8 +210,9 @@ def _describe_int8(ctx: Context, quantized) -> None:
 
 
 def ex6_onnxruntime(ctx: Context) -> None:
-    print("Ex6: ONNX Runtime online vs offline optimization, fused attention, int8 ONNX; OpenVINO fp32/bf16",
-          flush=True)
+    print(
+        "Ex6: ONNX Runtime online vs offline optimization, fused attention, int8 ONNX; OpenVINO fp32/bf16", flush=True
+    )
     variants = [v for v in EX6_VARIANTS if v in ctx.manifest.artifacts]  # older artifact folders lack some
     short = ctx.cases[0]
     cold = {}
@@ -201,11 +226,16 @@ def ex6_onnxruntime(ctx: Context) -> None:
             samples.append((time.perf_counter() - t0) * 1000.0)
         cold[variant] = round(float(np.median(samples)), 1)
         row = BY_NAME[variant]
-        opened = (f"session creation ({'with' if row.optimize_at_load else 'without'} graph optimization)"
-                  if row.engine == "onnxruntime" else "OpenVINO compile_model")
-        ctx.recorder.add("ex6", f"{variant}_cold_start", short, summarize(samples), first,
-                         note=f"{opened} + first inference")
+        opened = (
+            f"session creation ({'with' if row.optimize_at_load else 'without'} graph optimization)"
+            if row.engine == "onnxruntime"
+            else "OpenVINO compile_model"
+        )
+        ctx.recorder.add(
+            "ex6", f"{variant}_cold_start", short, summarize(samples), first, note=f"{opened} + first inference"
+        )
         for case in ctx.cases:
+
             def call(runner=runner, case=case):
                 return runner.run(case.input_ids, case.attention_mask)
 
@@ -235,9 +265,18 @@ def _run_gpu(ctx: Context) -> None:
     artifact's trained fp32 weights; its results.json/.md go to OUT/gpu and into extras["gpu_lab"]."""
     from . import gpu_lab
 
-    args = gpu_lab.parse_args(["--tokenizer", str(ctx.artifacts / ctx.manifest.tokenizer.path),
-                               "--out", str(ctx.args.out / "gpu"), "--runs", str(ctx.args.runs),
-                               "--max-tokens", str(ctx.manifest.model.max_seq_length)])
+    args = gpu_lab.parse_args(
+        [
+            "--tokenizer",
+            str(ctx.artifacts / ctx.manifest.tokenizer.path),
+            "--out",
+            str(ctx.args.out / "gpu"),
+            "--runs",
+            str(ctx.args.runs),
+            "--max-tokens",
+            str(ctx.manifest.model.max_seq_length),
+        ]
+    )
     lab = gpu_lab.Lab(args, transformer=ctx.fp32.transformer)
     for name in args.sections.split(","):
         lab.run_section(name, getattr(lab, name))

@@ -27,10 +27,12 @@ def _graph(path: Path, k: int, n: int, seed: int = 0) -> None:
 
     weight = np.random.default_rng(seed).normal(0, 0.02, (k, n)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="linear/MatMul")], "linear",
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="linear/MatMul")],
+        "linear",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["tokens", k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["tokens", n])],
-        [numpy_helper.from_array(weight, "w")])
+        [numpy_helper.from_array(weight, "w")],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
@@ -47,21 +49,27 @@ def main(argv=None) -> int:
     logging.getLogger().setLevel(logging.ERROR)  # ORT's "consider pre-processing" hint on the root logger
     from runtime.onnx_runner import session_options
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gemm_ceiling", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gemm_ceiling",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", default="864,14", help="comma list of token counts (rows of x)")
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args(argv)
     options = session_options(args.threads, optimize=True)
-    print(f"{'layer':<18} {'tokens':>6} {'fp32 ms':>9} {'int8 ms':>9} {'int8 x':>7} {'fp32 GFLOP/s':>13} "
-          f"{'int8 GOP/s':>11}")
+    print(
+        f"{'layer':<18} {'tokens':>6} {'fp32 ms':>9} {'int8 ms':>9} {'int8 x':>7} {'fp32 GFLOP/s':>13} "
+        f"{'int8 GOP/s':>11}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for label, (k, n) in SHAPES.items():
             fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
             _graph(fp32_path, k, n)
-            quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True,
-                             reduce_range=True)
+            quantize_dynamic(
+                str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True
+            )
             fp32 = ort.InferenceSession(str(fp32_path), options, providers=["CPUExecutionProvider"])
             int8 = ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
             for tokens in (int(t) for t in args.tokens.split(",")):
@@ -69,8 +77,10 @@ def main(argv=None) -> int:
                 runs = args.runs if tokens < 100 else max(10, args.runs // 3)
                 a, b = _median_ms(fp32, x, runs), _median_ms(int8, x, runs)
                 flops = 2.0 * tokens * k * n
-                print(f"{label:<18} {tokens:>6} {a:9.3f} {b:9.3f} {a / b:7.2f} {flops / a / 1e6:13.1f} "
-                      f"{flops / b / 1e6:11.1f}")
+                print(
+                    f"{label:<18} {tokens:>6} {a:9.3f} {b:9.3f} {a / b:7.2f} {flops / a / 1e6:13.1f} "
+                    f"{flops / b / 1e6:11.1f}"
+                )
     return 0
 
 

@@ -35,9 +35,18 @@ from runtime.similarity import parity_report
 
 from .timing import dynamo_graph_count, time_calls
 
-REFERENCE_CONFIG = dict(vocab_size=30527, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=3072, relative_attention_num_buckets=32, max_position_embeddings=514,
-                        pad_token_id=1, layer_norm_eps=1e-5, hidden_act="gelu")
+REFERENCE_CONFIG = dict(
+    vocab_size=30527,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    relative_attention_num_buckets=32,
+    max_position_embeddings=514,
+    pad_token_id=1,
+    layer_norm_eps=1e-5,
+    hidden_act="gelu",
+)
 TINY_CONFIG = dict(REFERENCE_CONFIG, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
 BATCH_SIZES = (1, 32, 128)
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune")
@@ -63,16 +72,24 @@ class Lab:
         from runtime.host import package_versions
 
         torch = self.torch
-        env = {**package_versions(("torch", "transformers")), "device": self.args.device,
-               "cpu_threads": torch.get_num_threads(), "weights": "random (seed 0), MPNet-base reference configuration",
-               "config": TINY_CONFIG if self.args.tiny else REFERENCE_CONFIG}
+        env = {
+            **package_versions(("torch", "transformers")),
+            "device": self.args.device,
+            "cpu_threads": torch.get_num_threads(),
+            "weights": "random (seed 0), MPNet-base reference configuration",
+            "config": TINY_CONFIG if self.args.tiny else REFERENCE_CONFIG,
+        }
         if self.transformer is not None:
             env["weights"], env["config"] = "trained (the artifact's fp32 weights)", self.transformer.config.to_dict()
         if self.device.type == "cuda":
             props = torch.cuda.get_device_properties(0)
-            env.update(gpu=torch.cuda.get_device_name(0), capability=f"{props.major}.{props.minor}",
-                       gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                       multiprocessors=props.multi_processor_count)
+            env.update(
+                gpu=torch.cuda.get_device_name(0),
+                capability=f"{props.major}.{props.minor}",
+                gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                cuda=torch.version.cuda,
+                multiprocessors=props.multi_processor_count,
+            )
         return env
 
     def _batches(self) -> dict:
@@ -108,8 +125,10 @@ class Lab:
 
     def _forward(self, model, ids, mask, autocast_dtype=None):
         torch = self.torch
-        with torch.inference_mode(), torch.autocast(ids.device.type, dtype=autocast_dtype or torch.float16,
-                                                    enabled=autocast_dtype is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(ids.device.type, dtype=autocast_dtype or torch.float16, enabled=autocast_dtype is not None),
+        ):
             hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
             weights = mask.unsqueeze(-1).float()
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
@@ -166,8 +185,10 @@ class Lab:
         for size in BATCH_SIZES:
             ids, mask = self._inputs(size, cpu)
             cpu_runs = {1: 10, 32: 3}.get(size, 2)  # the CPU side is slow at batch 128; a few runs suffice
-            row = {"batch": size,
-                   "cpu": self._time(lambda m=cpu_model, i=ids, k=mask: self._forward(m, i, k), cpu_runs, 1, cpu)}
+            row = {
+                "batch": size,
+                "cpu": self._time(lambda m=cpu_model, i=ids, k=mask: self._forward(m, i, k), cpu_runs, 1, cpu),
+            }
             if self.device.type == "cuda":
                 gids, gmask = self._inputs(size)
                 row["gpu"] = self._time(lambda: self._forward(self.fp32, gids, gmask), self._runs(size))
@@ -185,18 +206,35 @@ class Lab:
         for size in BATCH_SIZES:
             ids, mask = (torch.from_numpy(a) for a in self.batches[size])
             pinned_ids, pinned_mask = ids.pin_memory(), mask.pin_memory()
-            rows.append({
-                "batch": size, "bytes": int(ids.numel() * ids.element_size() * 2),
-                "pageable": self._time(lambda: (ids.to(self.device), mask.to(self.device)), 50),
-                "pinned_non_blocking": self._time(lambda: (pinned_ids.to(self.device, non_blocking=True),
-                                                           pinned_mask.to(self.device, non_blocking=True)), 50),
-            })
+            rows.append(
+                {
+                    "batch": size,
+                    "bytes": int(ids.numel() * ids.element_size() * 2),
+                    "pageable": self._time(lambda: (ids.to(self.device), mask.to(self.device)), 50),
+                    "pinned_non_blocking": self._time(
+                        lambda: (
+                            pinned_ids.to(self.device, non_blocking=True),
+                            pinned_mask.to(self.device, non_blocking=True),
+                        ),
+                        50,
+                    ),
+                }
+            )
         big = torch.randint(0, 30000, (128, 384), dtype=torch.int64)  # a full-length batch, for scale
-        rows.append({"batch": "128x384 (max length)", "bytes": int(big.numel() * 8 * 2),
-                     "pageable": self._time(lambda: (big.to(self.device), big.to(self.device)), 50),
-                     "pinned_non_blocking": self._time(
-                         lambda p=big.pin_memory(): (p.to(self.device, non_blocking=True),  # noqa: B008 - pinned once
-                                                     p.to(self.device, non_blocking=True)), 50)})
+        rows.append(
+            {
+                "batch": "128x384 (max length)",
+                "bytes": int(big.numel() * 8 * 2),
+                "pageable": self._time(lambda: (big.to(self.device), big.to(self.device)), 50),
+                "pinned_non_blocking": self._time(
+                    lambda p=big.pin_memory(): (  # noqa: B008 - pinned once
+                        p.to(self.device, non_blocking=True),
+                        p.to(self.device, non_blocking=True),
+                    ),
+                    50,
+                ),
+            }
+        )
         return {"what": "input_ids + attention_mask (int64) host to device, synchronized", "rows": rows}
 
     def precision(self) -> dict:
@@ -206,10 +244,14 @@ class Lab:
         fp16, bf16 = self._model(torch.float16), self._model(torch.bfloat16)
         if self.device.type == "cpu":
             fp16 = None  # fp16 matmuls on CPU are not a lab path
-        candidates = [("fp32", self.fp32, None, False), ("fp32_tf32", self.fp32, None, True),
-                      ("fp16", fp16, None, False), ("bf16", bf16, None, False),
-                      ("autocast_fp16", self.fp32, torch.float16, False),
-                      ("autocast_bf16", self.fp32, torch.bfloat16, False)]
+        candidates = [
+            ("fp32", self.fp32, None, False),
+            ("fp32_tf32", self.fp32, None, True),
+            ("fp16", fp16, None, False),
+            ("bf16", bf16, None, False),
+            ("autocast_fp16", self.fp32, torch.float16, False),
+            ("autocast_bf16", self.fp32, torch.bfloat16, False),
+        ]
         for name, model, autocast_dtype, tf32 in candidates:
             if model is None or (tf32 and self.device.type != "cuda"):
                 continue
@@ -218,13 +260,17 @@ class Lab:
             for size in BATCH_SIZES:
                 ids, mask = self._inputs(size)
                 row[f"b{size}"] = self._time(lambda: self._forward(model, ids, mask, autocast_dtype), self._runs(size))
-                row[f"b{size}_fidelity"] = self._fidelity(self._embed(model, size, autocast_dtype),
-                                                          self.reference[size])
+                row[f"b{size}_fidelity"] = self._fidelity(
+                    self._embed(model, size, autocast_dtype), self.reference[size]
+                )
             variants.append(row)
         torch.backends.cuda.matmul.allow_tf32 = tf32_before
         self.fp16 = fp16 if fp16 is not None else bf16
-        return {"what": "eager, inference_mode; fidelity = cosine vs fp32 on the same device, same batch",
-                "tf32_default": tf32_before, "rows": variants}
+        return {
+            "what": "eager, inference_mode; fidelity = cosine vs fp32 on the same device, same batch",
+            "tf32_default": tf32_before,
+            "rows": variants,
+        }
 
     def compile(self) -> dict:
         import torch._dynamo
@@ -253,12 +299,15 @@ class Lab:
                     self._sync()
                     first_ms = (time.perf_counter() - t0) * 1000.0
                     timing = self._time(lambda: self._forward(compiled, ids, mask), self._runs(size))
-                    row["sizes"].append({
-                        "batch": size, "first_call_ms": round(first_ms, 1),
-                        "graphs_compiled": dynamo_graph_count() - graphs_before,
-                        "steady": timing, "fidelity_vs_fp32": self._fidelity(first.float().cpu().numpy(),
-                                                                             self.reference[size]),
-                    })
+                    row["sizes"].append(
+                        {
+                            "batch": size,
+                            "first_call_ms": round(first_ms, 1),
+                            "graphs_compiled": dynamo_graph_count() - graphs_before,
+                            "steady": timing,
+                            "fidelity_vs_fp32": self._fidelity(first.float().cpu().numpy(), self.reference[size]),
+                        }
+                    )
                     self.write()
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"[:500]
@@ -269,41 +318,94 @@ class Lab:
         for size in BATCH_SIZES:
             ids, mask = self._inputs(size)
             eager[f"b{size}"] = self._time(lambda: self._forward(base, ids, mask), self._runs(size))["median_ms"]
-        return {"what": "torch.compile(model, mode=...) with default dynamic=None: the first size change "
-                        "recompiles with dynamic shapes", "eager_same_dtype_ms": eager, "rows": rows}
+        return {
+            "what": "torch.compile(model, mode=...) with default dynamic=None: the first size change "
+            "recompiles with dynamic shapes",
+            "eager_same_dtype_ms": eager,
+            "rows": rows,
+        }
 
 
 def render_markdown(results: dict) -> str:
     env = results["environment"]
-    lines = [f"# GPU lab (Ex4, Ex5) on {env.get('gpu', env['device'])}", "",
-             f"Model: {env['weights']}. torch {env['torch']}, CUDA {env.get('cuda')}, inputs "
-             f"{env.get('inputs')} (batch x tokens, real sentences, real MPNet tokenizer). "
-             "Times are medians in ms.", ""]
+    lines = [
+        f"# GPU lab (Ex4, Ex5) on {env.get('gpu', env['device'])}",
+        "",
+        f"Model: {env['weights']}. torch {env['torch']}, CUDA {env.get('cuda')}, inputs "
+        f"{env.get('inputs')} (batch x tokens, real sentences, real MPNet tokenizer). "
+        "Times are medians in ms.",
+        "",
+    ]
     sections = results["sections"]
     if "placement" in sections and "rows" in sections["placement"]:
         rows = []
         for r in sections["placement"]["rows"]:
             gpu = r.get("gpu", {}).get("median_ms")
-            rows.append([r["batch"], f"{r['cpu']['median_ms']:.2f}", gpu if gpu is not None else "-",
-                         r.get("gpu_vs_cpu", "-"), r.get("fidelity_gpu_vs_cpu", {}).get("min_cosine", "-")])
-        lines += ["## Placement: fp32 eager, CPU vs GPU", "",
-                  table(["batch", "CPU ms", "GPU ms", "GPU speedup", "min cos GPU vs CPU"], rows), ""]
+            rows.append(
+                [
+                    r["batch"],
+                    f"{r['cpu']['median_ms']:.2f}",
+                    gpu if gpu is not None else "-",
+                    r.get("gpu_vs_cpu", "-"),
+                    r.get("fidelity_gpu_vs_cpu", {}).get("min_cosine", "-"),
+                ]
+            )
+        lines += [
+            "## Placement: fp32 eager, CPU vs GPU",
+            "",
+            table(["batch", "CPU ms", "GPU ms", "GPU speedup", "min cos GPU vs CPU"], rows),
+            "",
+        ]
     if "copy" in sections and "rows" in sections["copy"]:
-        rows = [[r["batch"], r["bytes"], f"{r['pageable']['median_ms']:.4f}",
-                 f"{r['pinned_non_blocking']['median_ms']:.4f}"] for r in sections["copy"]["rows"]]
-        lines += ["## Host-to-device copy of a tokenized batch", "",
-                  table(["batch", "bytes", "pageable ms", "pinned non_blocking ms"], rows), ""]
+        rows = [
+            [
+                r["batch"],
+                r["bytes"],
+                f"{r['pageable']['median_ms']:.4f}",
+                f"{r['pinned_non_blocking']['median_ms']:.4f}",
+            ]
+            for r in sections["copy"]["rows"]
+        ]
+        lines += [
+            "## Host-to-device copy of a tokenized batch",
+            "",
+            table(["batch", "bytes", "pageable ms", "pinned non_blocking ms"], rows),
+            "",
+        ]
     if "precision" in sections and "rows" in sections["precision"]:
         measured = sections["precision"]["rows"]
         base = measured[0] if measured else None
-        rows = [[r["variant"], f"{r['b1']['median_ms']:.2f}", f"{r['b32']['median_ms']:.2f}",
-                 f"{r['b128']['median_ms']:.2f}", f"{base['b32']['median_ms'] / r['b32']['median_ms']:.2f}",
-                 f"{base['b128']['median_ms'] / r['b128']['median_ms']:.2f}",
-                 f"{r['b128_fidelity']['min_cosine']:.5f}", f"{r['b128_fidelity']['mean_cosine']:.5f}"]
-                for r in measured]
-        lines += ["## Precision (eager): time and fidelity vs fp32", "",
-                  table(["variant", "b1 ms", "b32 ms", "b128 ms", "b32 x vs fp32", "b128 x vs fp32", "min cos (b128)",
-                         "mean cos (b128)"], rows), ""]
+        rows = [
+            [
+                r["variant"],
+                f"{r['b1']['median_ms']:.2f}",
+                f"{r['b32']['median_ms']:.2f}",
+                f"{r['b128']['median_ms']:.2f}",
+                f"{base['b32']['median_ms'] / r['b32']['median_ms']:.2f}",
+                f"{base['b128']['median_ms'] / r['b128']['median_ms']:.2f}",
+                f"{r['b128_fidelity']['min_cosine']:.5f}",
+                f"{r['b128_fidelity']['mean_cosine']:.5f}",
+            ]
+            for r in measured
+        ]
+        lines += [
+            "## Precision (eager): time and fidelity vs fp32",
+            "",
+            table(
+                [
+                    "variant",
+                    "b1 ms",
+                    "b32 ms",
+                    "b128 ms",
+                    "b32 x vs fp32",
+                    "b128 x vs fp32",
+                    "min cos (b128)",
+                    "mean cos (b128)",
+                ],
+                rows,
+            ),
+            "",
+        ]
     if "compile" in sections and "rows" in sections["compile"]:
         eager = sections["compile"].get("eager_same_dtype_ms", {})
         rows = []
@@ -312,14 +414,27 @@ def render_markdown(results: dict) -> str:
                 rows.append([r["mode"], "-", r.get("skipped") or r.get("error", ""), "", "", ""])
                 continue
             for s in r["sizes"]:
-                rows.append([f"{r['mode']} ({r['dtype']})", s["batch"], f"{s['first_call_ms']:.0f}",
-                             s["graphs_compiled"], f"{s['steady']['median_ms']:.2f}",
-                             f"{s['fidelity_vs_fp32']['min_cosine']:.5f}"])
+                rows.append(
+                    [
+                        f"{r['mode']} ({r['dtype']})",
+                        s["batch"],
+                        f"{s['first_call_ms']:.0f}",
+                        s["graphs_compiled"],
+                        f"{s['steady']['median_ms']:.2f}",
+                        f"{s['fidelity_vs_fp32']['min_cosine']:.5f}",
+                    ]
+                )
             rows += [[r["mode"], key, r[key][:200], "", "", ""] for key in ("error", "sizes_skipped") if r.get(key)]
-        lines += ["## torch.compile modes (sizes in order b1 -> b32 -> b128)", "",
-                  f"Eager, same dtype: {eager}", "",
-                  table(["mode", "batch", "first call ms (compile)", "graphs compiled", "steady ms", "min cos vs fp32"],
-                        rows), ""]
+        lines += [
+            "## torch.compile modes (sizes in order b1 -> b32 -> b128)",
+            "",
+            f"Eager, same dtype: {eager}",
+            "",
+            table(
+                ["mode", "batch", "first call ms (compile)", "graphs compiled", "steady ms", "min cos vs fp32"], rows
+            ),
+            "",
+        ]
     for name, why in results.get("skipped", {}).items():
         lines.append(f"- {name}: skipped ({why})")
     for name, body in sections.items():
@@ -332,8 +447,9 @@ def render_markdown(results: dict) -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_lab", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokenizer", required=True, help="tokenizer.json of the MPNet tokenizer")
     parser.add_argument("--out", required=True, help="folder for results.json and results.md")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")

@@ -42,14 +42,27 @@ from runtime.markdown import table
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("build", "torch_api", "onnx_api", "host_cpu")
-NEEDED_MODULES = ("fastapi", "uvicorn", "pydantic_settings", "prometheus_client", "httpx", "tokenizers", "onnx",
-                  "onnxruntime", "transformers", "torch")
+NEEDED_MODULES = (
+    "fastapi",
+    "uvicorn",
+    "pydantic_settings",
+    "prometheus_client",
+    "httpx",
+    "tokenizers",
+    "onnx",
+    "onnxruntime",
+    "transformers",
+    "torch",
+)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_serving", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_serving",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", type=Path, required=True, help="results.json, results.md, service logs")
     parser.add_argument("--tokenizer-dir", type=Path, help="folder with tokenizer.json (for the random model)")
     parser.add_argument("--artifacts", type=Path, help="use this artifact folder (skips the build section)")
@@ -81,8 +94,12 @@ def environment(args) -> dict:
     from runtime.host import package_versions
 
     versions = package_versions(NEEDED_MODULES, keep_missing=True)
-    env = {"python": versions.pop("python"), "device": args.device, "cpu": cpu_description(),
-           "weights": "given artifacts" if args.artifacts else "random (seed 0), MPNet-base reference configuration"}
+    env = {
+        "python": versions.pop("python"),
+        "device": args.device,
+        "cpu": cpu_description(),
+        "weights": "given artifacts" if args.artifacts else "random (seed 0), MPNet-base reference configuration",
+    }
     env.update({name: version for name, version in versions.items() if version is not None})
     env["missing_modules"] = [name for name, version in versions.items() if version is None]
     try:
@@ -145,16 +162,28 @@ class Run:
         self.model_dir = self.model_dir or random_model(self.args.tokenizer_dir, self.work / "model", self.args.tiny)
         out = self.work / "artifacts"
         t0 = time.perf_counter()
-        command = [sys.executable, "-m", "build_artifacts", "--model", str(self.model_dir), "--out", str(out),
-                   "--force"]
+        command = [
+            sys.executable,
+            "-m",
+            "build_artifacts",
+            "--model",
+            str(self.model_dir),
+            "--out",
+            str(out),
+            "--force",
+        ]
         log = self.args.out / "build.log"
         with log.open("w") as fh:
-            subprocess.run(command, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, check=True,
-                           timeout=max(60.0, self.left()))
+            subprocess.run(
+                command, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, check=True, timeout=max(60.0, self.left())
+            )
         self.artifacts = out
         manifest = json.loads((out / "manifest.json").read_text())
-        return {"seconds": round(time.perf_counter() - t0, 1), "model": str(self.model_dir),
-                "parity": {name: record["parity"] for name, record in manifest["artifacts"].items()}}
+        return {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "model": str(self.model_dir),
+            "parity": {name: record["parity"] for name, record in manifest["artifacts"].items()},
+        }
 
     def torch_api(self) -> dict:
         env = {"TORCH_API_DEVICE": self.args.device}
@@ -177,8 +206,10 @@ class Run:
             import onnxruntime
 
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-                return {"skipped": f"onnxruntime {onnxruntime.__version__} has no CUDAExecutionProvider "
-                                   "(needs onnxruntime-gpu; its wheel is larger than a device call can carry)"}
+                return {
+                    "skipped": f"onnxruntime {onnxruntime.__version__} has no CUDAExecutionProvider "
+                    "(needs onnxruntime-gpu; its wheel is larger than a device call can carry)"
+                }
         return self.serve("services.onnx_api", {"ONNX_API_DEVICE": self.args.device})
 
     def host_cpu(self) -> dict:
@@ -191,12 +222,36 @@ class Run:
                 rows[count] = {"skipped": "time budget"}
                 continue
             out = self.args.out / f"host-cpu-{count}t"
-            command = [sys.executable, "-m", "benchmarks", "--model", str(self.model_dir), "--artifacts",
-                       str(self.artifacts), "--only", "ex1,ex3,ex6", "--threads", count, "--runs", "30",
-                       "--time-budget-s", str(self.args.host_cpu_budget_s), "--device", "cpu", "--out", str(out)]
+            command = [
+                sys.executable,
+                "-m",
+                "benchmarks",
+                "--model",
+                str(self.model_dir),
+                "--artifacts",
+                str(self.artifacts),
+                "--only",
+                "ex1,ex3,ex6",
+                "--threads",
+                count,
+                "--runs",
+                "30",
+                "--time-budget-s",
+                str(self.args.host_cpu_budget_s),
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
             with (self.args.out / f"host-cpu-{count}t.log").open("w") as fh:
-                subprocess.run(command, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, check=True,
-                               timeout=max(60.0, self.left() + 60))
+                subprocess.run(
+                    command,
+                    cwd=REPO,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    check=True,
+                    timeout=max(60.0, self.left() + 60),
+                )
             rows[count] = int8_rows(json.loads((out / "results.json").read_text()))
         return {"cpu": self.results["environment"]["cpu"], "threads": rows}
 
@@ -206,11 +261,24 @@ class Run:
 
         log_path = self.args.out / f"{module.split('.')[-1]}.log"
         t0 = time.perf_counter()
-        with log_path.open("w") as log, running_service(module, self.artifacts, threads=self.args.threads or None,
-                                                        env=env, timeout_s=self.args.start_timeout_s,
-                                                        log_file=log) as base:
-            result = {"seconds_to_healthy": round(time.perf_counter() - t0, 1), "env": env,
-                      "info": http_json(f"{base}/info"), "gpu_memory": gpu_memory(), "cells": []}
+        with (
+            log_path.open("w") as log,
+            running_service(
+                module,
+                self.artifacts,
+                threads=self.args.threads or None,
+                env=env,
+                timeout_s=self.args.start_timeout_s,
+                log_file=log,
+            ) as base,
+        ):
+            result = {
+                "seconds_to_healthy": round(time.perf_counter() - t0, 1),
+                "env": env,
+                "info": http_json(f"{base}/info"),
+                "gpu_memory": gpu_memory(),
+                "cells": [],
+            }
             dimension = result["info"]["dimension"]
             for texts in [int(t) for t in self.args.texts.split(",")]:
                 for clients in [int(c) for c in self.args.clients.split(",")]:
@@ -221,8 +289,9 @@ class Run:
                     print(f"  {module} {clients} clients x {texts} texts: {cell}", flush=True)
                     result["cells"].append(cell)
                     self.write()
-            result["info_after"] = {k: v for k, v in http_json(f"{base}/info").items()
-                                    if k in ("graphs_compiled", "warmup_s")}
+            result["info_after"] = {
+                k: v for k, v in http_json(f"{base}/info").items() if k in ("graphs_compiled", "warmup_s")
+            }
             return result
 
 
@@ -255,8 +324,12 @@ def http_json(url: str) -> dict:
 def gpu_memory() -> str | None:
     if shutil.which("nvidia-smi") is None:
         return None
-    result = subprocess.run(["nvidia-smi", "--query-gpu=memory.used,memory.total", "--format=csv,noheader"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["nvidia-smi", "--query-gpu=memory.used,memory.total", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return result.stdout.strip() or None
 
 
@@ -271,8 +344,9 @@ def load_cell(base: str, clients: int, texts: int, duration: float, warmup: floa
     def draw(rng) -> list[str]:
         return [rng.choice(corpus) for _ in range(texts)]
 
-    answers = asyncio.run(closed_loop(base, clients, duration, warmup, draw, dimension,
-                                      server_time_header="x-inference-time"))
+    answers = asyncio.run(
+        closed_loop(base, clients, duration, warmup, draw, dimension, server_time_header="x-inference-time")
+    )
     return {**summarize(answers, clients, duration), "texts": texts}
 
 
@@ -294,19 +368,31 @@ def int8_rows(results: dict) -> list[dict]:
         if r["exercise"] not in ("ex3", "ex6") or r["variant"].endswith("cold_start"):
             continue
         reference = fp32_ms(r["exercise"], r["input"])
-        rows.append({"exercise": r["exercise"], "variant": r["variant"], "input": r["input"],
-                     "median_ms": r["median_ms"], "fp32_ms": reference,
-                     "x_vs_fp32": round(reference / r["median_ms"], 2) if reference else None,
-                     "min_cosine": r.get("min_cosine"), "runs": r.get("runs")})
+        rows.append(
+            {
+                "exercise": r["exercise"],
+                "variant": r["variant"],
+                "input": r["input"],
+                "median_ms": r["median_ms"],
+                "fp32_ms": reference,
+                "x_vs_fp32": round(reference / r["median_ms"], 2) if reference else None,
+                "min_cosine": r.get("min_cosine"),
+                "runs": r.get("runs"),
+            }
+        )
     return rows
 
 
 def render_markdown(results: dict) -> str:
     env = results["environment"]
-    lines = ["# Serving on a GPU: both services over HTTP, and the host CPU's int8 rows", "",
-             f"{env.get('gpu', env['device'])}, CUDA {env.get('cuda')}, torch {env.get('torch')}, onnxruntime "
-             f"{env.get('onnxruntime')} ({', '.join(env.get('onnxruntime_providers', []))}); CPU {env['cpu']['model']} "
-             f"x{env['cpu']['cores']} ({', '.join(env['cpu']['flags'])}). Weights: {env['weights']}.", ""]
+    lines = [
+        "# Serving on a GPU: both services over HTTP, and the host CPU's int8 rows",
+        "",
+        f"{env.get('gpu', env['device'])}, CUDA {env.get('cuda')}, torch {env.get('torch')}, onnxruntime "
+        f"{env.get('onnxruntime')} ({', '.join(env.get('onnxruntime_providers', []))}); CPU {env['cpu']['model']} "
+        f"x{env['cpu']['cores']} ({', '.join(env['cpu']['flags'])}). Weights: {env['weights']}.",
+        "",
+    ]
     if env.get("missing_modules"):
         lines += [f"Missing modules: {', '.join(env['missing_modules'])}", ""]
     sections = results["sections"]
@@ -315,28 +401,61 @@ def render_markdown(results: dict) -> str:
         if not isinstance(body, dict) or "cells" not in body:
             continue
         info = body["info"]
-        lines += [f"## {name}: {info.get('variant')} {info.get('dtype', '')} on {info.get('device')} "
-                  f"({info.get('gpu') or ', '.join(info.get('providers', []))})", "",
-                  f"Healthy after {body['seconds_to_healthy']} s (warm-up {info.get('warmup_s')} s, "
-                  f"{info.get('warmup_shapes', '-')} bucket shapes, graphs compiled "
-                  f"{info.get('graphs_compiled', '-')}, "
-                  f"after the cells {body.get('info_after', {}).get('graphs_compiled', '-')}; compile mode "
-                  f"{info.get('compile_mode', '-')}; served parity "
-                  f"{(info.get('served_parity') or {}).get('min_cosine', '-')}); "
-                  f"GPU memory {body.get('gpu_memory')}.", "",
-                  table(["clients", "texts/request", "goodput texts/s", "p50 ms", "p95 ms", "model ms (median)",
-                         "429 share"],
-                        [[c["clients"], c["texts"], f"skipped: {c['skipped']}", "", "", "", ""] if "skipped" in c else
-                         [c["clients"], c["texts"], c["goodput_texts_per_s"], c["p50_ms"], c["p95_ms"],
-                          c["server_ms_median"], c["share_429"]] for c in body["cells"]]), ""]
+        lines += [
+            f"## {name}: {info.get('variant')} {info.get('dtype', '')} on {info.get('device')} "
+            f"({info.get('gpu') or ', '.join(info.get('providers', []))})",
+            "",
+            f"Healthy after {body['seconds_to_healthy']} s (warm-up {info.get('warmup_s')} s, "
+            f"{info.get('warmup_shapes', '-')} bucket shapes, graphs compiled "
+            f"{info.get('graphs_compiled', '-')}, "
+            f"after the cells {body.get('info_after', {}).get('graphs_compiled', '-')}; compile mode "
+            f"{info.get('compile_mode', '-')}; served parity "
+            f"{(info.get('served_parity') or {}).get('min_cosine', '-')}); "
+            f"GPU memory {body.get('gpu_memory')}.",
+            "",
+            table(
+                ["clients", "texts/request", "goodput texts/s", "p50 ms", "p95 ms", "model ms (median)", "429 share"],
+                [
+                    [c["clients"], c["texts"], f"skipped: {c['skipped']}", "", "", "", ""]
+                    if "skipped" in c
+                    else [
+                        c["clients"],
+                        c["texts"],
+                        c["goodput_texts_per_s"],
+                        c["p50_ms"],
+                        c["p95_ms"],
+                        c["server_ms_median"],
+                        c["share_429"],
+                    ]
+                    for c in body["cells"]
+                ],
+            ),
+            "",
+        ]
     host = sections.get("host_cpu")
     if isinstance(host, dict) and "threads" in host:
         lines += ["## Host CPU: int8 against fp32 (python -m benchmarks --only ex1,ex3,ex6)", ""]
         for count, rows in host["threads"].items():
-            lines += [f"{count} threads:", "",
-                      table(["exercise", "variant", "input", "median ms", "fp32 ms", "x vs fp32", "min cos"],
-                            [[r["exercise"], r["variant"], r["input"], r["median_ms"], r["fp32_ms"], r["x_vs_fp32"],
-                              r["min_cosine"]] for r in (rows if isinstance(rows, list) else [])]), ""]
+            lines += [
+                f"{count} threads:",
+                "",
+                table(
+                    ["exercise", "variant", "input", "median ms", "fp32 ms", "x vs fp32", "min cos"],
+                    [
+                        [
+                            r["exercise"],
+                            r["variant"],
+                            r["input"],
+                            r["median_ms"],
+                            r["fp32_ms"],
+                            r["x_vs_fp32"],
+                            r["min_cosine"],
+                        ]
+                        for r in (rows if isinstance(rows, list) else [])
+                    ],
+                ),
+                "",
+            ]
     for name, why in results.get("skipped", {}).items():
         lines.append(f"- {name}: skipped ({why})")
     for name, body in sections.items():

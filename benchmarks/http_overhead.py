@@ -49,16 +49,23 @@ def in_process_latency(embedder, requests: int, warmup: int = 5, text: str = SHO
 
 
 def _stats(samples: list[float], requests: int) -> dict:
-    return {"requests": requests, "mean": round(statistics.fmean(samples), 2),
-            "median": round(statistics.median(samples), 2), "p95": round(percentile(samples, 0.95), 2)}
+    return {
+        "requests": requests,
+        "mean": round(statistics.fmean(samples), 2),
+        "median": round(statistics.median(samples), 2),
+        "p95": round(percentile(samples, 0.95), 2),
+    }
 
 
 def main(argv=None) -> int:
     from loadtest.processes import running_service
     from services.catalog import SERVICES
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.http_overhead", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.http_overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--artifacts", type=Path, required=True)
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
@@ -79,11 +86,19 @@ def main(argv=None) -> int:
         local = in_process_latency(embedder, args.requests)
         del embedder
         ratio = round(http["median"] / local["median"], 3)
-        results["services"][name] = {"variant": info["variant"], "torch_compile": info.get("torch_compile"),
-                                     "http_ms": http, "in_process_ms": local, "http_over_in_process": ratio}
-        print(f"{name:<9} {info['variant']:<15} HTTP p50 {http['median']:7.2f} ms (p95 {http['p95']:.2f}; "
-              f"server inference p50 {http['server_inference_median']:.2f})  in-process p50 {local['median']:7.2f} ms  "
-              f"ratio {ratio:.2f}x", flush=True)
+        results["services"][name] = {
+            "variant": info["variant"],
+            "torch_compile": info.get("torch_compile"),
+            "http_ms": http,
+            "in_process_ms": local,
+            "http_over_in_process": ratio,
+        }
+        print(
+            f"{name:<9} {info['variant']:<15} HTTP p50 {http['median']:7.2f} ms (p95 {http['p95']:.2f}; "
+            f"server inference p50 {http['server_inference_median']:.2f})  in-process p50 {local['median']:7.2f} ms  "
+            f"ratio {ratio:.2f}x",
+            flush=True,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -38,8 +38,17 @@ class Recorder:
         left = elapsed / max(self.done, 1) * max(self.planned - self.done, 0)
         return f"[{self.done}/{self.planned}, {_duration(elapsed)} elapsed, ~{_duration(left)} left]"
 
-    def add(self, exercise: str, variant: str, case: InputCase, timing: Timing | None, embeddings=None,
-            device: str | None = None, skipped: str | None = None, note: str | None = None) -> dict:
+    def add(
+        self,
+        exercise: str,
+        variant: str,
+        case: InputCase,
+        timing: Timing | None,
+        embeddings=None,
+        device: str | None = None,
+        skipped: str | None = None,
+        note: str | None = None,
+    ) -> dict:
         min_cos = None
         if embeddings is not None and case.name in self.references:
             cosines = rowwise_cosine(np.asarray(embeddings, dtype=np.float32), self.references[case.name])
@@ -66,8 +75,11 @@ class Recorder:
         if not skipped:  # skipped groups print their reason once, where they are skipped
             self.done += 1
             cos = f"{min_cos:.4f}" if min_cos is not None else "   -  "
-            print(f"  {label} median {timing.median_ms:9.2f} ms  p95 {timing.p95_ms:9.2f}  min cos {cos}  "
-                  f"runs {timing.runs:>3}  {self.progress()}", flush=True)
+            print(
+                f"  {label} median {timing.median_ms:9.2f} ms  p95 {timing.p95_ms:9.2f}  min cos {cos}  "
+                f"runs {timing.runs:>3}  {self.progress()}",
+                flush=True,
+            )
         return record
 
     def fill_speedups(self) -> None:
@@ -76,8 +88,11 @@ class Recorder:
             for r in self.records
             if r["variant"] == BASELINE_VARIANT and r["median_ms"]
         }
-        cpu_baselines = {r["input"]: r["median_ms"] for r in self.records
-                         if r["variant"] == BASELINE_VARIANT and r["device"] == "cpu" and r["median_ms"]}
+        cpu_baselines = {
+            r["input"]: r["median_ms"]
+            for r in self.records
+            if r["variant"] == BASELINE_VARIANT and r["device"] == "cpu" and r["median_ms"]
+        }
         for r in self.records:
             if r["variant"].endswith(("_first_call", "_cold_start")):
                 continue  # one-off costs, not comparable to a steady-state call

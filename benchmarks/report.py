@@ -44,11 +44,16 @@ def write_markdown(results: dict, path: Path) -> None:
         f"dim {h['model_info']['dimension']}, {h['model_info']['pooling']} pooling, "
         f"normalize={h['model_info']['normalize']}",
         f"- runs per measurement: {h['runs']} (after {h['warmup']} warm-up calls"
-        + (f"; capped at {h['time_budget_s']} s per measurement, actual runs in the table"
-           if h.get("time_budget_s") else "")
+        + (
+            f"; capped at {h['time_budget_s']} s per measurement, actual runs in the table"
+            if h.get("time_budget_s")
+            else ""
+        )
         + ")",
-        "- inputs: " + "; ".join(f"`{i['name']}` = {i['batch_size']} x {i['seq_len']} tokens ({i['real_tokens']} real)"
-                                 for i in h["inputs"]),
+        "- inputs: "
+        + "; ".join(
+            f"`{i['name']}` = {i['batch_size']} x {i['seq_len']} tokens ({i['real_tokens']} real)" for i in h["inputs"]
+        ),
         f"- speedup: median of the baseline / median of the variant; baseline = {h['baseline']}",
         f"- fidelity: {h['fidelity']}",
         "- gate (from the manifest; artifact rows only): min cosine against fp32 on the parity corpus / mean "
@@ -64,12 +69,41 @@ def write_markdown(results: dict, path: Path) -> None:
         skipped = [r for r in records if r["skipped"]]
         measured = [r for r in records if not r["skipped"]]
         if measured:
-            rows = [[r["variant"], r["device"], r["input"], f"{r['batch_size']} x {r['seq_len']}", _fmt(r["median_ms"]),
-                     _fmt(r["mean_ms"]), _fmt(r["p95_ms"]), _fmt(r["speedup"], "{:.2f}x"),
-                     _fmt(r["min_cosine"], "{:.4f}"), gate_cell(h.get("gate", {}).get(r["variant"])), r["runs"]]
-                    for r in measured]
-            lines += [table(["variant", "device", "input", "batch x seq", "median ms", "mean ms", "p95 ms", "speedup",
-                             "min cos", "gate: min cos / top-10 agreement", "runs"], rows), ""]
+            rows = [
+                [
+                    r["variant"],
+                    r["device"],
+                    r["input"],
+                    f"{r['batch_size']} x {r['seq_len']}",
+                    _fmt(r["median_ms"]),
+                    _fmt(r["mean_ms"]),
+                    _fmt(r["p95_ms"]),
+                    _fmt(r["speedup"], "{:.2f}x"),
+                    _fmt(r["min_cosine"], "{:.4f}"),
+                    gate_cell(h.get("gate", {}).get(r["variant"])),
+                    r["runs"],
+                ]
+                for r in measured
+            ]
+            lines += [
+                table(
+                    [
+                        "variant",
+                        "device",
+                        "input",
+                        "batch x seq",
+                        "median ms",
+                        "mean ms",
+                        "p95 ms",
+                        "speedup",
+                        "min cos",
+                        "gate: min cos / top-10 agreement",
+                        "runs",
+                    ],
+                    rows,
+                ),
+                "",
+            ]
         if skipped:
             variants = sorted({r["variant"] for r in skipped})
             lines += [f"Skipped ({skipped[0]['skipped']}): {', '.join(variants)}", ""]
@@ -77,17 +111,34 @@ def write_markdown(results: dict, path: Path) -> None:
     if "int8_module_example" in extras:
         ex = extras["int8_module_example"]
         sizes = extras["state_dict_bytes"]
-        lines += ["## Ex3 details", "", f"Printed module `{ex['name']}` ({ex['class']}):", "", "```", ex["printed"],
-                  "```", "",
-                  f"state_dict on disk: fp32 {sizes['fp32'] / 1e6:.1f} MB, int8 {sizes['int8'] / 1e6:.1f} MB "
-                  f"({sizes['ratio']}x smaller)", ""]
+        lines += [
+            "## Ex3 details",
+            "",
+            f"Printed module `{ex['name']}` ({ex['class']}):",
+            "",
+            "```",
+            ex["printed"],
+            "```",
+            "",
+            f"state_dict on disk: fp32 {sizes['fp32'] / 1e6:.1f} MB, int8 {sizes['int8'] / 1e6:.1f} MB "
+            f"({sizes['ratio']}x smaller)",
+            "",
+        ]
     if "compile_cpu" in extras:
-        lines += ["## Ex2 details: compile + first call per input size (in order)", "",
-                  table(["input", "first call ms", "graphs compiled"],
-                        [[c["input"], f"{c['first_call_ms']:.0f}", c["graphs_compiled"]]
-                         for c in extras["compile_cpu"]])]
-        lines += ["", "A size change after the first compile triggers a recompilation (a graph with dynamic shapes); "
-                  "later sizes reuse it.", ""]
+        lines += [
+            "## Ex2 details: compile + first call per input size (in order)",
+            "",
+            table(
+                ["input", "first call ms", "graphs compiled"],
+                [[c["input"], f"{c['first_call_ms']:.0f}", c["graphs_compiled"]] for c in extras["compile_cpu"]],
+            ),
+        ]
+        lines += [
+            "",
+            "A size change after the first compile triggers a recompilation (a graph with dynamic shapes); "
+            "later sizes reuse it.",
+            "",
+        ]
     if "onnx_cold_start_ms" in extras:
         lines += ["## Ex6 details: cold start (session creation + first inference, median ms)", ""]
         lines += [f"- {k}: {v:.0f} ms" for k, v in extras["onnx_cold_start_ms"].items()]
@@ -112,8 +163,10 @@ def summary_table(results: dict) -> str:
         cells = ""
         for name in inputs:
             r = per_input.get(name)
-            cells += (f" {_fmt(r and r['median_ms'], '{:14.2f}', f'{chr(45):>14}')} "
-                      f"{_fmt(r and r['speedup'], '{:6.2f}', f'{chr(45):>6}')}")
+            cells += (
+                f" {_fmt(r and r['median_ms'], '{:14.2f}', f'{chr(45):>14}')} "
+                f"{_fmt(r and r['speedup'], '{:6.2f}', f'{chr(45):>6}')}"
+            )
         cos_values = [r["min_cosine"] for r in per_input.values() if r["min_cosine"] is not None]
         cos = f"{min(cos_values):8.4f}" if cos_values else f"{'-':>8}"
         lines.append(f"{exercise:<5} {variant:<34} {device:<4}{cells} {cos}")
@@ -130,11 +183,14 @@ def write_charts(results: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     inputs = _input_order(results)
-    measured = [r for r in results["records"]
-                if not r["skipped"] and not r["variant"].endswith(("_first_call", "_cold_start"))]
+    measured = [
+        r for r in results["records"] if not r["skipped"] and not r["variant"].endswith(("_first_call", "_cold_start"))
+    ]
     variants = list(dict.fromkeys(f"{r['variant']} ({r['device']})" for r in measured))
-    for metric, filename, ylabel, log in (("median_ms", "median_ms.png", "median latency (ms, log scale)", True),
-                                          ("speedup", "speedup.png", "speedup vs no optimizations (x)", False)):
+    for metric, filename, ylabel, log in (
+        ("median_ms", "median_ms.png", "median latency (ms, log scale)", True),
+        ("speedup", "speedup.png", "speedup vs no optimizations (x)", False),
+    ):
         fig, axes = plt.subplots(1, len(inputs), figsize=(6 * len(inputs), 0.35 * len(variants) + 2.5), squeeze=False)
         for ax, name in zip(axes[0], inputs, strict=False):
             rows = {f"{r['variant']} ({r['device']})": r for r in measured if r["input"] == name}
@@ -144,9 +200,12 @@ def write_charts(results: dict, out: Path) -> None:
             bars = ax.barh(labels, [rows[v][metric] for v in labels], color=colors)
             for bar, v in zip(bars, labels, strict=True):
                 cos = rows[v]["min_cosine"]
-                ax.annotate(f" cos {cos:.3f}" if cos is not None else "",
-                            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
-                            va="center", fontsize=7)
+                ax.annotate(
+                    f" cos {cos:.3f}" if cos is not None else "",
+                    (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                    va="center",
+                    fontsize=7,
+                )
             ax.invert_yaxis()
             ax.set_title(name)
             ax.set_xlabel(ylabel)
@@ -154,8 +213,10 @@ def write_charts(results: dict, out: Path) -> None:
                 ax.set_xscale("log")
             if metric == "speedup":
                 ax.axvline(1.0, color="grey", linewidth=0.8)
-        fig.suptitle(f"{results['header']['model']} - {results['header']['threads']} threads "
-                     "(red: fails parity, min cosine vs fp32 < 0.99)")
+        fig.suptitle(
+            f"{results['header']['model']} - {results['header']['threads']} threads "
+            "(red: fails parity, min cosine vs fp32 < 0.99)"
+        )
         fig.tight_layout()
         fig.savefig(out / filename, dpi=90)
         plt.close(fig)

@@ -37,16 +37,25 @@ DEFAULT_TIME_BUDGET_S = 6.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL), help="HF id or local folder")
-    parser.add_argument("--artifacts", type=Path, default=None,
-                        help="artifact folder from build_artifacts (default: build one under --out)")
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=None,
+        help="artifact folder from build_artifacts (default: build one under --out)",
+    )
     parser.add_argument("--runs", type=int, default=100, help="timed runs per measurement, after warm-up")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
-    parser.add_argument("--time-budget-s", type=float, default=DEFAULT_TIME_BUDGET_S,
-                        help="stop a measurement early after this many seconds (>= 2 runs; 0: no limit); the "
-                             "actual runs are recorded (default: %(default)s)")
+    parser.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=DEFAULT_TIME_BUDGET_S,
+        help="stop a measurement early after this many seconds (>= 2 runs; 0: no limit); the "
+        "actual runs are recorded (default: %(default)s)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads, fixed for every measurement")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--only", default=",".join(EXERCISES), help=f"comma list of {', '.join(EXERCISES)}")
@@ -102,16 +111,25 @@ def run(args: argparse.Namespace) -> int:
     only = set(args.only.split(","))
 
     recorder = Recorder(device="cpu", planned=exercises.planned_measurements(manifest, only, len(cases)))
-    ctx = exercises.Context(args=args, artifacts=artifacts, manifest=manifest, cases=cases, recorder=recorder,
-                            extras={})
+    ctx = exercises.Context(
+        args=args, artifacts=artifacts, manifest=manifest, cases=cases, recorder=recorder, extras={}
+    )
     budget = f"at most {args.time_budget_s:g} s each" if args.time_budget_s else "no time limit"
-    print(f"model {args.model} ({m.model_type}, dim {m.dimension}); threads {args.threads}; "
-          f"{recorder.planned} measurements of up to {args.runs} runs ({budget}); inputs "
-          + ", ".join(f"{c.name}={c.batch_size}x{c.seq_len}" for c in cases), flush=True)
+    print(
+        f"model {args.model} ({m.model_type}, dim {m.dimension}); threads {args.threads}; "
+        f"{recorder.planned} measurements of up to {args.runs} runs ({budget}); inputs "
+        + ", ".join(f"{c.name}={c.batch_size}x{c.seq_len}" for c in cases),
+        flush=True,
+    )
     started = time.perf_counter()
     exercises.reference_embeddings(ctx)
-    for name, fn in (("ex1", exercises.ex1_modes), ("ex2", exercises.ex2_compile), ("ex3", exercises.ex3_int8),
-                     ("ex6", exercises.ex6_onnxruntime), ("gpu", exercises.gpu_exercises)):
+    for name, fn in (
+        ("ex1", exercises.ex1_modes),
+        ("ex2", exercises.ex2_compile),
+        ("ex3", exercises.ex3_int8),
+        ("ex6", exercises.ex6_onnxruntime),
+        ("gpu", exercises.gpu_exercises),
+    ):
         if name in only:
             fn(ctx)
     recorder.fill_speedups()
@@ -128,8 +146,15 @@ def run(args: argparse.Namespace) -> int:
         "time_budget_s": args.time_budget_s,
         "device_requested": args.device,
         "versions": tool_versions(),
-        "inputs": [{"name": c.name, "batch_size": c.batch_size, "seq_len": c.seq_len,
-                    "real_tokens": int(c.attention_mask.sum())} for c in cases],
+        "inputs": [
+            {
+                "name": c.name,
+                "batch_size": c.batch_size,
+                "seq_len": c.seq_len,
+                "real_tokens": int(c.attention_mask.sum()),
+            }
+            for c in cases
+        ],
         "fidelity": "min cosine of pooled, normalized embeddings against fp32 eager (eval + inference_mode) on CPU",
         "baseline": f"'{BASELINE_VARIANT}' of the same input size: model in train() mode with autograd on",
         # the build's gate per artifact (parity corpus cosine, retrieval agreement): the fidelity that decides
@@ -152,8 +177,12 @@ def hardware_info() -> dict:
     from runtime.host import probe_cpu
 
     host = probe_cpu()
-    info = {"cpu": host.model, "logical_cores": host.cores, "isa": sorted(host.features),
-            "platform": platform.platform()}
+    info = {
+        "cpu": host.model,
+        "logical_cores": host.cores,
+        "isa": sorted(host.features),
+        "platform": platform.platform(),
+    }
     try:
         import torch
 
@@ -162,4 +191,3 @@ def hardware_info() -> dict:
     except Exception:  # hardware probing must never fail the run
         pass
     return info
-

@@ -38,7 +38,10 @@ def summarize(samples_ms: list[float]) -> Timing:
 
 
 def time_calls(
-    fn: Callable[[], object], runs: int, warmup: int, budget_s: float | None = None,
+    fn: Callable[[], object],
+    runs: int,
+    warmup: int,
+    budget_s: float | None = None,
     sync: Callable[[], None] | None = None,
 ) -> Timing:
     """Call fn `warmup` times untimed, then up to `runs` timed calls (fewer if budget_s runs out, min 2)."""

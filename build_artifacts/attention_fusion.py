@@ -175,8 +175,9 @@ def _match(graph: _Graph, softmax) -> _AttentionMatch | None:
     num_heads = hidden // query[1]
     if not (projections[0].matmul.input[0] == projections[1].matmul.input[0] == projections[2].matmul.input[0]):
         return None  # not self-attention
-    return _AttentionMatch(reshape, *projections, scale=scale, position_bias=position_bias, num_heads=num_heads,
-                           output=reshape.output[0])
+    return _AttentionMatch(
+        reshape, *projections, scale=scale, position_bias=position_bias, num_heads=num_heads, output=reshape.output[0]
+    )
 
 
 def fuse_attention(model) -> int:
@@ -193,8 +194,11 @@ def fuse_attention(model) -> int:
 
     mask_int32 = "attention_fusion/key_padding_mask"
     replacements = {}  # id(context Reshape) -> the nodes that take its place
-    prologue = [helper.make_node("Cast", ["attention_mask"], [mask_int32], to=TensorProto.INT32,
-                                 name="/attention_fusion/Cast_mask")]
+    prologue = [
+        helper.make_node(
+            "Cast", ["attention_mask"], [mask_int32], to=TensorProto.INT32, name="/attention_fusion/Cast_mask"
+        )
+    ]
     for match in matches:
         prefix = match.query.matmul.name.rsplit("/", 2)[0]  # e.g. /transformer/encoder/layer.0/attention/attn
         weights = [p.weight for p in (match.query, match.key, match.value)]
@@ -207,12 +211,19 @@ def fuse_attention(model) -> int:
         model.graph.initializer.append(numpy_helper.from_array(np.array([hidden] * 3, dtype=np.int64), split_sizes))
         packed, q, k, v = (f"{prefix}/qkv/{s}" for s in ("MatMul_output_0", "q", "k", "v"))
         nodes = [
-            helper.make_node("MatMul", [match.query.matmul.input[0], weight_name], [packed],
-                             name=f"{prefix}/qkv/MatMul"),
+            helper.make_node(
+                "MatMul", [match.query.matmul.input[0], weight_name], [packed], name=f"{prefix}/qkv/MatMul"
+            ),
             helper.make_node("Split", [packed, split_sizes], [q, k, v], axis=-1, name=f"{prefix}/qkv/Split"),
-            helper.make_node(FUSED_OP, [q, k, v, bias_name, mask_int32, match.position_bias or ""], [match.output],
-                             domain=CONTRIB_DOMAIN, num_heads=match.num_heads, scale=match.scale,
-                             name=f"{prefix}/{FUSED_OP}"),
+            helper.make_node(
+                FUSED_OP,
+                [q, k, v, bias_name, mask_int32, match.position_bias or ""],
+                [match.output],
+                domain=CONTRIB_DOMAIN,
+                num_heads=match.num_heads,
+                scale=match.scale,
+                name=f"{prefix}/{FUSED_OP}",
+            ),
         ]
         replacements[id(match.context_reshape)] = nodes
         # ONNX shape inference does not know contrib ops; declare the output type for later tools (quantizer).
@@ -267,6 +278,11 @@ def fuse_file(source: Path, destination: Path) -> dict:
     onnx.save(model, str(tmp))
     tmp.rename(destination)
     after = fused_op_counts(model)
-    return {"fused_attention_blocks": fused, "op": f"{CONTRIB_DOMAIN}.{FUSED_OP}",
-            "softmax_before": before.get("Softmax", 0), "softmax_after": after.get("Softmax", 0),
-            "nodes_before": sum(before.values()), "nodes_after": sum(after.values())}
+    return {
+        "fused_attention_blocks": fused,
+        "op": f"{CONTRIB_DOMAIN}.{FUSED_OP}",
+        "softmax_before": before.get("Softmax", 0),
+        "softmax_after": after.get("Softmax", 0),
+        "nodes_before": sum(before.values()),
+        "nodes_after": sum(after.values()),
+    }

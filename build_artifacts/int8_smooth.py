@@ -35,9 +35,11 @@ from .recipe import DEFAULT_RECIPE
 def weight_matmuls(model) -> list[tuple[object, str]]:
     """MatMul nodes whose second input is a 2-D initializer (the nn.Linear layers)."""
     initializers = {init.name: init for init in model.graph.initializer}
-    return [(node, node.input[1]) for node in model.graph.node
-            if node.op_type == "MatMul" and node.input[1] in initializers
-            and len(initializers[node.input[1]].dims) == 2]
+    return [
+        (node, node.input[1])
+        for node in model.graph.node
+        if node.op_type == "MatMul" and node.input[1] in initializers and len(initializers[node.input[1]].dims) == 2
+    ]
 
 
 def collect_activation_max(model_path: Path, batches, threads: int | None = None) -> dict[str, np.ndarray]:
@@ -53,8 +55,11 @@ def collect_activation_max(model_path: Path, batches, threads: int | None = None
     for name in names:
         if name not in existing:
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = ort.InferenceSession(model.SerializeToString(), sess_options=session_options(threads, optimize=False),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model.SerializeToString(),
+        sess_options=session_options(threads, optimize=False),
+        providers=["CPUExecutionProvider"],
+    )
     maxima: dict[str, np.ndarray] = {}
     for input_ids, attention_mask in batches:
         outputs = session.run(names, {"input_ids": input_ids, "attention_mask": attention_mask})
@@ -86,8 +91,9 @@ def smooth_model(model, activation_max: dict[str, np.ndarray], alpha: float = 0.
         inv_name = f"{weight_name}_smooth_inv_scale"
         model.graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), inv_name))
         scaled_input = f"{node.name}_smoothed_input"
-        new_nodes.append((node, helper.make_node("Mul", [node.input[0], inv_name], [scaled_input],
-                                                 name=f"{node.name}_smooth")))
+        new_nodes.append(
+            (node, helper.make_node("Mul", [node.input[0], inv_name], [scaled_input], name=f"{node.name}_smooth"))
+        )
         node.input[0] = scaled_input
     # Keep the graph topologically sorted: each Mul goes right before its MatMul.
     for matmul, mul in new_nodes:
@@ -96,8 +102,9 @@ def smooth_model(model, activation_max: dict[str, np.ndarray], alpha: float = 0.
     return model
 
 
-def split_outlier_channels(model, activation_max: dict[str, np.ndarray], patterns: tuple[str, ...],
-                           channels: int, skip: tuple[str, ...] = ()) -> list[str]:
+def split_outlier_channels(
+    model, activation_max: dict[str, np.ndarray], patterns: tuple[str, ...], channels: int, skip: tuple[str, ...] = ()
+) -> list[str]:
     """For MatMuls matching `patterns`: zero the `channels` largest input channels on the main path and
     add them back through a small fp32 MatMul. Returns the names of those fp32 MatMuls (in place)."""
     from onnx import helper, numpy_helper
@@ -112,19 +119,31 @@ def split_outlier_channels(model, activation_max: dict[str, np.ndarray], pattern
         keep = np.ones(activation_max[source].shape, dtype=np.float32)
         keep[outliers] = 0.0
         weight = numpy_helper.to_array(initializers[weight_name])
-        model.graph.initializer.extend([
-            numpy_helper.from_array(keep, f"{name}_keep"),
-            numpy_helper.from_array(outliers, f"{name}_outlier_channels"),
-            numpy_helper.from_array(np.ascontiguousarray(weight[outliers]).astype(np.float32),
-                                    f"{name}_outlier_weight"),
-        ])
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(keep, f"{name}_keep"),
+                numpy_helper.from_array(outliers, f"{name}_outlier_channels"),
+                numpy_helper.from_array(
+                    np.ascontiguousarray(weight[outliers]).astype(np.float32), f"{name}_outlier_weight"
+                ),
+            ]
+        )
         result, main_result = node.output[0], f"{name}_main_output"
         before = [
             helper.make_node("Mul", [source, f"{name}_keep"], [f"{name}_inliers"], name=f"{name}_keep_inliers"),
-            helper.make_node("Gather", [source, f"{name}_outlier_channels"], [f"{name}_outliers"], axis=-1,
-                             name=f"{name}_gather_outliers"),
-            helper.make_node("MatMul", [f"{name}_outliers", f"{name}_outlier_weight"], [f"{name}_outlier_output"],
-                             name=f"{name}_outlier_matmul"),
+            helper.make_node(
+                "Gather",
+                [source, f"{name}_outlier_channels"],
+                [f"{name}_outliers"],
+                axis=-1,
+                name=f"{name}_gather_outliers",
+            ),
+            helper.make_node(
+                "MatMul",
+                [f"{name}_outliers", f"{name}_outlier_weight"],
+                [f"{name}_outlier_output"],
+                name=f"{name}_outlier_matmul",
+            ),
         ]
         after = helper.make_node("Add", [main_result, f"{name}_outlier_output"], [result], name=f"{name}_add_outliers")
         node.input[0], node.output[0] = f"{name}_inliers", main_result
@@ -144,10 +163,17 @@ FFN_OUTPUT_PATTERNS = DEFAULT_RECIPE.onnx_ffn_output_patterns
 OUTLIER_CHANNELS = DEFAULT_RECIPE.onnx_outlier_channels
 
 
-def build_smooth_int8(model_path: Path, out_path: Path, calibration_batches, threads: int | None = None,
-                      alpha: float = SMOOTH_ALPHA, split_patterns: tuple[str, ...] = FFN_OUTPUT_PATTERNS,
-                      outlier_channels: int = OUTLIER_CHANNELS,
-                      activation_max: dict[str, np.ndarray] | None = None, keep_fp32: tuple[str, ...] = ()) -> dict:
+def build_smooth_int8(
+    model_path: Path,
+    out_path: Path,
+    calibration_batches,
+    threads: int | None = None,
+    alpha: float = SMOOTH_ALPHA,
+    split_patterns: tuple[str, ...] = FFN_OUTPUT_PATTERNS,
+    outlier_channels: int = OUTLIER_CHANNELS,
+    activation_max: dict[str, np.ndarray] | None = None,
+    keep_fp32: tuple[str, ...] = (),
+) -> dict:
     """SmoothQuant + outlier split + dynamic int8 (U8S8, 7-bit per-channel weights); returns what was done.
     `activation_max` (from collect_activation_max) spares the calibration pass when several recipes are tried.
     `keep_fp32`: regexes of linear MatMul node names left fp32 (neither split, smoothed nor quantized)."""
@@ -164,14 +190,25 @@ def build_smooth_int8(model_path: Path, out_path: Path, calibration_batches, thr
     smoothed_path = out_path.with_suffix(".smoothed.tmp.onnx")
     try:
         onnx.save(model, str(smoothed_path))
-        quantize_dynamic(str(smoothed_path), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=True, nodes_to_exclude=side_matmuls + fp32_matmuls,
-                         # contrib ops (fused attention) are unknown to ONNX shape inference
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(smoothed_path),
+            str(out_path),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=True,
+            nodes_to_exclude=side_matmuls + fp32_matmuls,
+            # contrib ops (fused attention) are unknown to ONNX shape inference
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     finally:
         smoothed_path.unlink(missing_ok=True)
-    return {"alpha": alpha, "linear_layers": len(linears),
-            "smoothed": len(linears) - len(side_matmuls) - len(fp32_matmuls),
-            "outlier_split_layers": len(side_matmuls), "outlier_channels": outlier_channels,
-            "fp32_layers": len(fp32_matmuls),
-            "weights": "int8 per-channel, 7-bit range (reduce_range)", "activations": "uint8 dynamic per-tensor"}
+    return {
+        "alpha": alpha,
+        "linear_layers": len(linears),
+        "smoothed": len(linears) - len(side_matmuls) - len(fp32_matmuls),
+        "outlier_split_layers": len(side_matmuls),
+        "outlier_channels": outlier_channels,
+        "fp32_layers": len(fp32_matmuls),
+        "weights": "int8 per-channel, 7-bit range (reduce_range)",
+        "activations": "uint8 dynamic per-tensor",
+    }

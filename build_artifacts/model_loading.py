@@ -29,9 +29,12 @@ class ModelUnavailableError(RuntimeError):
     """The model is neither a local folder nor reachable on (or cached from) the Hugging Face Hub."""
 
 
-
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # A tokenizer.json alone is enough; otherwise transformers needs its config plus a vocabulary of some kind.
 _VOCAB_FILES = ("vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model")
 
@@ -47,16 +50,20 @@ def check_model_folder(folder: Path) -> None:
         raise ModelUnavailableError(f"{folder}/config.json has no model_type: not a transformers model config.")
     weights = [name for name in _WEIGHT_FILES if (folder / name).is_file()]
     if not weights:
-        raise ModelUnavailableError(f"'{folder}' holds no weights (none of {', '.join(_WEIGHT_FILES)}): "
-                                    "copy the model's weight file into it.")
+        raise ModelUnavailableError(
+            f"'{folder}' holds no weights (none of {', '.join(_WEIGHT_FILES)}): copy the model's weight file into it."
+        )
     if weights[0] == "model.safetensors":
         _check_safetensors(folder / "model.safetensors")
     has_tokenizer = (folder / "tokenizer.json").is_file() or (
-        (folder / "tokenizer_config.json").is_file() and any((folder / name).is_file() for name in _VOCAB_FILES))
+        (folder / "tokenizer_config.json").is_file() and any((folder / name).is_file() for name in _VOCAB_FILES)
+    )
     if not has_tokenizer:
-        raise ModelUnavailableError(f"'{folder}' holds no tokenizer (tokenizer.json, or tokenizer_config.json with a "
-                                    "vocabulary file): the build would have to guess one. Copy the model's tokenizer "
-                                    "files into it.")
+        raise ModelUnavailableError(
+            f"'{folder}' holds no tokenizer (tokenizer.json, or tokenizer_config.json with a "
+            "vocabulary file): the build would have to guess one. Copy the model's tokenizer "
+            "files into it."
+        )
 
 
 def _check_safetensors(path: Path) -> None:
@@ -74,8 +81,9 @@ def _check_safetensors(path: Path) -> None:
     except (struct.error, ValueError, KeyError, TypeError, IndexError) as exc:
         raise ModelUnavailableError(f"{path} is not a readable safetensors file ({exc}): re-download it.") from None
     if 8 + header_len + end != size:
-        raise ModelUnavailableError(f"{path} is truncated or padded: {size} bytes, its header says "
-                                    f"{8 + header_len + end}. Re-download it.")
+        raise ModelUnavailableError(
+            f"{path} is truncated or padded: {size} bytes, its header says {8 + header_len + end}. Re-download it."
+        )
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -83,13 +91,15 @@ def resolve_model_dir(model: str) -> Path:
     local = Path(model).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise ModelUnavailableError(f"'{model}' is a folder but holds no config.json: "
-                                        "not a Hugging Face model folder.")
+            raise ModelUnavailableError(
+                f"'{model}' is a folder but holds no config.json: not a Hugging Face model folder."
+            )
         check_model_folder(local)
         return local.resolve()
     if local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ModelUnavailableError(f"'{model}' is not a model folder and does not look like a Hugging Face id "
-                                    "(owner/name).")
+        raise ModelUnavailableError(
+            f"'{model}' is not a model folder and does not look like a Hugging Face id (owner/name)."
+        )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
 
@@ -140,5 +150,11 @@ def read_pooling_spec(model_dir: Path, tokenizer_max_length: int | None = None) 
     return PoolingSpec(mode=mode, normalize=normalize, max_seq_length=max_len)
 
 
-__all__ = ["DEFAULT_MODEL", "POOLING_MODES", "ModelUnavailableError", "PoolingSpec", "read_pooling_spec",
-           "resolve_model_dir"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "POOLING_MODES",
+    "ModelUnavailableError",
+    "PoolingSpec",
+    "read_pooling_spec",
+    "resolve_model_dir",
+]

@@ -45,14 +45,18 @@ def build_int8_ir(onnx_path: Path, out_dir: Path) -> dict:
         out_axis = 0 if node.get_attributes()["transpose_b"] else 1
         q, scale = quantize_per_channel(weight, out_axis)
         worst_error = max(worst_error, float(np.abs(q * scale - weight).max() / np.abs(weight).max()))
-        decompressed = ops.multiply(ops.convert(ops.constant(q, dtype=ov.Type.i8), ov.Type.f32),
-                                    ops.constant(scale))
+        decompressed = ops.multiply(ops.convert(ops.constant(q, dtype=ov.Type.i8), ov.Type.f32), ops.constant(scale))
         node.input(1).replace_source_output(decompressed.output(0))
         compressed += 1
     if not compressed:
         raise ValueError(f"{onnx_path.name}: no MatMul with a constant fp32 weight to quantize")
     out_dir.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(out_dir / IR_FILE), compress_to_fp16=False)
-    return {"weights": "int8 symmetric, per output channel", "activations":
-            f"int8 per token in groups of {PER_TOKEN_GROUP} channels, at run time", "linear_layers_int8": compressed,
-            "matmuls_kept": kept, "worst_weight_error_of_max": round(worst_error, 5), "source_graph": onnx_path.name}
+    return {
+        "weights": "int8 symmetric, per output channel",
+        "activations": f"int8 per token in groups of {PER_TOKEN_GROUP} channels, at run time",
+        "linear_layers_int8": compressed,
+        "matmuls_kept": kept,
+        "worst_weight_error_of_max": round(worst_error, 5),
+        "source_graph": onnx_path.name,
+    }

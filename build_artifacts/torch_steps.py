@@ -39,8 +39,11 @@ def save_quantized(quantized, folder: Path, model_dir: Path) -> None:
 def smoothable_linears(encoder, keep_fp32: str) -> list[str]:
     import torch
 
-    return [name for name, module in encoder.named_modules()
-            if isinstance(module, torch.nn.Linear) and ".pooler." not in f".{name}" and not re.search(keep_fp32, name)]
+    return [
+        name
+        for name, module in encoder.named_modules()
+        if isinstance(module, torch.nn.Linear) and ".pooler." not in f".{name}" and not re.search(keep_fp32, name)
+    ]
 
 
 def calibrate(encoder, names: list[str], batches) -> dict:
@@ -54,6 +57,7 @@ def calibrate(encoder, names: list[str], batches) -> dict:
         def record(_module, args):
             channel_max = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0)
             maxima[name] = torch.maximum(maxima[name], channel_max) if name in maxima else channel_max
+
         return record
 
     handles = [modules[name].register_forward_pre_hook(hook(name)) for name in names]
@@ -71,9 +75,14 @@ def smooth_and_quantize(encoder, calibration_batches, alpha: float, keep_fp32: s
     names = smoothable_linears(encoder, keep_fp32)
     maxima = calibrate(encoder, names, calibration_batches)
     quantized = quantize_smoothed(wrap(encoder, names, maxima, alpha), names)
-    recipe = {"scheme": "smoothquant", "alpha": alpha, "smoothed_modules": names,
-              "weights": "qint8 per output channel", "activations": "quint8 dynamic per tensor",
-              "kept_fp32": sum(1 for n, _ in encoder.named_modules() if re.search(keep_fp32, n))}
+    recipe = {
+        "scheme": "smoothquant",
+        "alpha": alpha,
+        "smoothed_modules": names,
+        "weights": "qint8 per output channel",
+        "activations": "quint8 dynamic per tensor",
+        "kept_fp32": sum(1 for n, _ in encoder.named_modules() if re.search(keep_fp32, n)),
+    }
     return quantized.eval(), recipe
 
 

@@ -35,6 +35,7 @@ def stdlib_root() -> Path:
 
 def docstrings(tree: ast.Module, module: str) -> Iterator[tuple[str, str]]:
     """(qualified name, docstring) of the module and every class and function in it."""
+
     def visit(node, prefix: str):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -106,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         for record in kept:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
     tmp.replace(args.out)
-    print(f"{len(kept)} texts (of {len(records)} paragraphs) from Python {sys.version.split()[0]}'s "
-          f"standard library -> {args.out}")
+    print(
+        f"{len(kept)} texts (of {len(records)} paragraphs) from Python {sys.version.split()[0]}'s "
+        f"standard library -> {args.out}"
+    )
     return 0
 
 

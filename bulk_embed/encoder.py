@@ -21,14 +21,20 @@ from runtime.variants import variant as variant_row
 SERVICE = "bulk_embed"
 
 
-def select_variant(manifest: Manifest, requested: str = "auto", artifacts_dir: Path | None = None,
-                   threads: int | None = None) -> str:
+def select_variant(
+    manifest: Manifest, requested: str = "auto", artifacts_dir: Path | None = None, threads: int | None = None
+) -> str:
     """The variant to run, chosen as the ONNX service chooses (runtime.selection: the fastest that passes the
     gate on this CPU); raises ArtifactError with one line: unknown, not built, failing the gate, or refused."""
     here = HostMeasurements(artifacts_dir, manifest, threads) if artifacts_dir is not None else None
     try:
-        return choose(manifest, SERVICE, requested, recheck=here.recheck if here else None,
-                      time_here=here.time_here if here else None).variant
+        return choose(
+            manifest,
+            SERVICE,
+            requested,
+            recheck=here.recheck if here else None,
+            time_here=here.time_here if here else None,
+        ).variant
     except ArtifactError as exc:
         raise ArtifactError(f"--variant {requested}: {exc}") from None
 
@@ -71,7 +77,13 @@ class Encoder:
     def details(self) -> dict:
         """What the output files' metadata records about the model."""
         record = self.manifest.artifacts[self.variant]
-        return {"model": public_model_name(self.model_id), "variant": self.variant, "precision": record.precision,
-                "parity_min_cosine": record.parity.min_cosine, "dimension": self.dimension,
-                "normalized": self.normalize, "max_tokens": self.max_tokens,
-                "manifest_created_at": self.manifest.created_at}
+        return {
+            "model": public_model_name(self.model_id),
+            "variant": self.variant,
+            "precision": record.precision,
+            "parity_min_cosine": record.parity.min_cosine,
+            "dimension": self.dimension,
+            "normalized": self.normalize,
+            "max_tokens": self.max_tokens,
+            "manifest_created_at": self.manifest.created_at,
+        }

@@ -21,8 +21,15 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
-           ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = {
+    ".txt": "txt",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 
 
 class InputError(ValueError):
@@ -78,6 +85,7 @@ class RawRow:
 
 # ---------------------------------------------------------------- discovery
 
+
 def discover(input_path: Path) -> list[InputFile]:
     """The input files, sorted: one file, or every supported file under a folder (hidden and _ files skipped)."""
     input_path = Path(input_path)
@@ -86,23 +94,31 @@ def discover(input_path: Path) -> list[InputFile]:
     if input_path.is_file():
         candidates = [(input_path, input_path.name)]
         if input_path.suffix.lower() not in FORMATS:
-            raise InputError(f"--input {input_path}: unsupported file type '{input_path.suffix}' "
-                             f"(supported: {', '.join(sorted(FORMATS))})")
+            raise InputError(
+                f"--input {input_path}: unsupported file type '{input_path.suffix}' "
+                f"(supported: {', '.join(sorted(FORMATS))})"
+            )
     else:
-        candidates = [(p, str(p.relative_to(input_path))) for p in sorted(input_path.rglob("*"))
-                      if p.is_file() and p.suffix.lower() in FORMATS
-                      and not any(part.startswith((".", "_")) for part in p.relative_to(input_path).parts)]
+        candidates = [
+            (p, str(p.relative_to(input_path)))
+            for p in sorted(input_path.rglob("*"))
+            if p.is_file()
+            and p.suffix.lower() in FORMATS
+            and not any(part.startswith((".", "_")) for part in p.relative_to(input_path).parts)
+        ]
         if not candidates:
             raise InputError(f"--input {input_path}: no {', '.join(sorted(FORMATS))} files in this folder")
     files = []
     for path, source in candidates:
         stat = path.stat()
-        files.append(InputFile(str(path.resolve()), source, FORMATS[path.suffix.lower()], stat.st_size,
-                               stat.st_mtime_ns))
+        files.append(
+            InputFile(str(path.resolve()), source, FORMATS[path.suffix.lower()], stat.st_size, stat.st_mtime_ns)
+        )
     return files
 
 
 # ---------------------------------------------------------------- planning
+
 
 def plan(files: list[InputFile], rows_per_part: int, text_column: str) -> list[Part]:
     parts: list[Part] = []
@@ -153,8 +169,20 @@ def _plan_text(index: int, file: InputFile, rows_per_part: int, text_column: str
 
     def flush():
         if pending:
-            parts.append(Part(index, len(parts), file.path, file.source, file.format, pending[0][2],
-                              len(pending), pending[0][0], pending[-1][1], header))
+            parts.append(
+                Part(
+                    index,
+                    len(parts),
+                    file.path,
+                    file.source,
+                    file.format,
+                    pending[0][2],
+                    len(pending),
+                    pending[0][0],
+                    pending[-1][1],
+                    header,
+                )
+            )
             pending.clear()
 
     with open(file.path, "rb") as fh:
@@ -180,8 +208,9 @@ def _plan_text(index: int, file: InputFile, rows_per_part: int, text_column: str
 def _check_csv_header(file: InputFile, header: str, text_column: str) -> None:
     columns = next(csv.reader(io.StringIO(header), delimiter=_delimiter(file.format)), [])
     if text_column not in columns:
-        raise InputError(f"{file.source}: no column '{text_column}' in the header (have: {', '.join(columns)}); "
-                         f"use --text-column")
+        raise InputError(
+            f"{file.source}: no column '{text_column}' in the header (have: {', '.join(columns)}); use --text-column"
+        )
 
 
 def _check_first_json(file: InputFile, start: int, end: int, text_column: str) -> None:
@@ -194,8 +223,10 @@ def _check_first_json(file: InputFile, start: int, end: int, text_column: str) -
     except ValueError:
         return  # a bad first line is one reject, not a plan error
     if isinstance(record, dict) and text_column not in record:
-        raise InputError(f"{file.source}: the first record has no '{text_column}' field (has: "
-                         f"{', '.join(record)}); use --text-column")
+        raise InputError(
+            f"{file.source}: the first record has no '{text_column}' field (has: "
+            f"{', '.join(record)}); use --text-column"
+        )
     if not isinstance(record, dict):
         raise InputError(f"{file.source}: JSON Lines records must be objects with a '{text_column}' field")
 
@@ -211,12 +242,24 @@ def _plan_parquet(index: int, file: InputFile, rows_per_part: int, text_column: 
     if text_column not in names:
         raise InputError(f"{file.source}: no column '{text_column}' (have: {', '.join(names)}); use --text-column")
     total = meta.metadata.num_rows
-    return [Part(index, k, file.path, file.source, file.format, start, min(rows_per_part, total - start), start,
-                 min(start + rows_per_part, total))
-            for k, start in enumerate(range(0, total, rows_per_part))]
+    return [
+        Part(
+            index,
+            k,
+            file.path,
+            file.source,
+            file.format,
+            start,
+            min(rows_per_part, total - start),
+            start,
+            min(start + rows_per_part, total),
+        )
+        for k, start in enumerate(range(0, total, rows_per_part))
+    ]
 
 
 # ---------------------------------------------------------------- reading one part (in a worker)
+
 
 def _delimiter(fmt: str) -> str:
     return "\t" if fmt == "tsv" else ","
@@ -232,10 +275,13 @@ def read_part(part: Part, text_column: str, id_column: str) -> list[RawRow]:
         if part.start == 0:
             data = data.removeprefix(codecs.BOM_UTF8)
         rows = {"txt": _read_txt, "jsonl": _read_jsonl, "csv": _read_csv, "tsv": _read_csv}[part.format](
-            part, data, text_column, id_column)
+            part, data, text_column, id_column
+        )
     if len(rows) != part.rows:
-        raise RuntimeError(f"{part.source}: {part.name} has {len(rows)} rows, planned {part.rows} "
-                           f"(the file changed while the job ran?)")
+        raise RuntimeError(
+            f"{part.source}: {part.name} has {len(rows)} rows, planned {part.rows} "
+            f"(the file changed while the job ran?)"
+        )
     return rows
 
 

@@ -130,19 +130,32 @@ def run(config: JobConfig, log=print) -> dict:
     if not total_rows:
         raise InputError(f"--input {config.input}: no rows to embed")
 
-    job = {"format": JOB_FORMAT, "inputs": [f.to_dict() for f in files],
-           "options": {"artifacts": str(artifacts), "model": manifest.model.source, "variant": variant,
-                       "manifest_created_at": manifest.created_at, "text_column": config.text_column,
-                       "id_column": config.id_column, "rows_per_part": config.rows_per_part,
-                       "truncate": config.truncate, "keep_text": config.keep_text},
-           "parts": len(parts), "rows": total_rows}
+    job = {
+        "format": JOB_FORMAT,
+        "inputs": [f.to_dict() for f in files],
+        "options": {
+            "artifacts": str(artifacts),
+            "model": manifest.model.source,
+            "variant": variant,
+            "manifest_created_at": manifest.created_at,
+            "text_column": config.text_column,
+            "id_column": config.id_column,
+            "rows_per_part": config.rows_per_part,
+            "truncate": config.truncate,
+            "keep_text": config.keep_text,
+        },
+        "parts": len(parts),
+        "rows": total_rows,
+    }
     resumed = output.prepare(out_dir, job, config.resume)
     stale = output.remove_temporaries(out_dir)
     done = output.done_parts(out_dir)
     pending = [p for p in parts if p.name not in done]
     if resumed:
-        log(f"resuming {out_dir}: {len(parts) - len(pending)} of {len(parts)} parts done, {len(pending)} to go"
-            + (f" ({stale} unfinished temp files removed)" if stale else ""))
+        log(
+            f"resuming {out_dir}: {len(parts) - len(pending)} of {len(parts)} parts done, {len(pending)} to go"
+            + (f" ({stale} unfinished temp files removed)" if stale else "")
+        )
 
     totals = Counter()
     reasons = Counter()
@@ -152,26 +165,42 @@ def run(config: JobConfig, log=print) -> dict:
     rejects_in_output = output.merge_rejects(out_dir)
     wall = time.perf_counter() - started
     summary = {
-        "output": str(out_dir), "model": public_model_name(manifest.model.source), "variant": variant,
-        "workers": timing["workers"], "threads_per_worker": config.threads_per_worker,
-        "batch_size": config.batch_size, "rows_per_part": config.rows_per_part,
+        "output": str(out_dir),
+        "model": public_model_name(manifest.model.source),
+        "variant": variant,
+        "workers": timing["workers"],
+        "threads_per_worker": config.threads_per_worker,
+        "batch_size": config.batch_size,
+        "rows_per_part": config.rows_per_part,
         "parts": {"total": len(parts), "done_before": len(parts) - len(pending), "written": totals["parts"]},
         "this_run": {
-            "texts": totals["embedded"], "rejects": totals["rejects"], "reject_reasons": dict(reasons),
-            "tokens": totals["tokens"], "wall_s": round(wall, 3), "ray_start_s": round(timing["ray_start_s"], 3),
-            "pipeline_s": round(timing["pipeline_s"], 3), "worker_busy_s": round(totals["worker_s"], 3),
+            "texts": totals["embedded"],
+            "rejects": totals["rejects"],
+            "reject_reasons": dict(reasons),
+            "tokens": totals["tokens"],
+            "wall_s": round(wall, 3),
+            "ray_start_s": round(timing["ray_start_s"], 3),
+            "pipeline_s": round(timing["pipeline_s"], 3),
+            "worker_busy_s": round(totals["worker_s"], 3),
             "texts_per_s": round(totals["embedded"] / wall, 2) if wall else 0.0,
             "tokens_per_s": round(totals["tokens"] / wall, 1) if wall else 0.0,
         },
-        "output_totals": {"rows_in": total_rows, "embedded": output.count_rows(out_dir),
-                          "rejects": rejects_in_output},
+        "output_totals": {"rows_in": total_rows, "embedded": output.count_rows(out_dir), "rejects": rejects_in_output},
     }
     output.write_json_atomic(out_dir / output.SUMMARY_FILE, summary)
     return summary
 
 
-def _run_pending(config: JobConfig, variant: str, artifacts: Path, out_dir: Path, pending, totals: Counter,
-                 reasons: Counter, timing: dict) -> None:
+def _run_pending(
+    config: JobConfig,
+    variant: str,
+    artifacts: Path,
+    out_dir: Path,
+    pending,
+    totals: Counter,
+    reasons: Counter,
+    timing: dict,
+) -> None:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -182,37 +211,64 @@ def _run_pending(config: JobConfig, variant: str, artifacts: Path, out_dir: Path
         threads = config.threads_per_worker
         workers = config.workers or max(1, cpus // threads)
         if workers * threads > cpus:
-            raise InputError(f"--workers {workers} x --threads-per-worker {threads} = {workers * threads} CPUs, "
-                             f"but Ray has {cpus}")
+            raise InputError(
+                f"--workers {workers} x --threads-per-worker {threads} = {workers * threads} CPUs, but Ray has {cpus}"
+            )
         workers = min(workers, len(pending))
         timing["workers"] = workers
         _quiet_ray_data()
-        worker_config = WorkerConfig(str(artifacts), variant, threads, config.batch_size, config.text_column,
-                                     config.id_column, config.truncate, config.keep_text, str(out_dir))
+        worker_config = WorkerConfig(
+            str(artifacts),
+            variant,
+            threads,
+            config.batch_size,
+            config.text_column,
+            config.id_column,
+            config.truncate,
+            config.keep_text,
+            str(out_dir),
+        )
         dataset = ray.data.from_items([p.to_dict() for p in pending], override_num_blocks=len(pending))
         dataset = dataset.map_batches(
-            PartWorker, fn_constructor_kwargs={"config": asdict(worker_config)}, batch_size=1,
+            PartWorker,
+            fn_constructor_kwargs={"config": asdict(worker_config)},
+            batch_size=1,
             batch_format="numpy",
             # One part in flight per actor: the last parts go to whichever actor is free (a balanced tail).
             compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
-            num_cpus=threads)
-        bar = tqdm(total=sum(p.rows for p in pending), unit="text", desc="embedding", file=sys.stderr,
-                   disable=not config.progress, mininterval=0.5, smoothing=0.1, dynamic_ncols=True)
+            num_cpus=threads,
+        )
+        bar = tqdm(
+            total=sum(p.rows for p in pending),
+            unit="text",
+            desc="embedding",
+            file=sys.stderr,
+            disable=not config.progress,
+            mininterval=0.5,
+            smoothing=0.1,
+            dynamic_ncols=True,
+        )
         t1 = time.perf_counter()
         try:
             for row in dataset.iter_rows():
-                totals.update(parts=1, embedded=int(row["embedded"]), rejects=int(row["rejects"]),
-                              tokens=int(row["tokens"]), worker_s=float(row["seconds"]))
+                totals.update(
+                    parts=1,
+                    embedded=int(row["embedded"]),
+                    rejects=int(row["rejects"]),
+                    tokens=int(row["tokens"]),
+                    worker_s=float(row["seconds"]),
+                )
                 reasons.update(json.loads(str(row["reasons"])))
                 elapsed = time.perf_counter() - t1
-                bar.set_postfix(rejects=totals["rejects"], tokens_s=f"{totals['tokens'] / elapsed:.0f}",
-                                refresh=False)
+                bar.set_postfix(rejects=totals["rejects"], tokens_s=f"{totals['tokens'] / elapsed:.0f}", refresh=False)
                 bar.update(int(row["rows"]))
         except (InputError, KeyboardInterrupt):
             raise
         except Exception as exc:  # Ray wraps the worker's error; one line of it is enough
-            raise JobFailed(f"a part failed ({_one_line(exc)}); {_count(totals['parts'], 'part')} written this run "
-                            f"kept: fix the cause and rerun with --resume") from exc
+            raise JobFailed(
+                f"a part failed ({_one_line(exc)}); {_count(totals['parts'], 'part')} written this run "
+                f"kept: fix the cause and rerun with --resume"
+            ) from exc
         finally:
             bar.close()
         timing["pipeline_s"] = time.perf_counter() - t1
@@ -225,11 +281,13 @@ def format_summary(summary: dict) -> str:
     run_, parts, totals = summary["this_run"], summary["parts"], summary["output_totals"]
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(run_["reject_reasons"].items()))
     skipped = f", {parts['done_before']} parts already done" if parts["done_before"] else ""
-    return (f"{run_['texts']} texts embedded, {run_['rejects']} rejected{f' ({reasons})' if reasons else ''} "
-            f"in {_count(parts['written'], 'part')}{skipped}; {run_['wall_s']:.1f} s wall, "
-            f"{run_['texts_per_s']:.1f} texts/s, {run_['tokens_per_s']:.0f} tokens/s ({summary['variant']}, "
-            f"{_count(summary['workers'], 'worker')} x {_count(summary['threads_per_worker'], 'thread')}). "
-            f"Output: {totals['embedded']} rows, {totals['rejects']} rejects in {summary['output']}")
+    return (
+        f"{run_['texts']} texts embedded, {run_['rejects']} rejected{f' ({reasons})' if reasons else ''} "
+        f"in {_count(parts['written'], 'part')}{skipped}; {run_['wall_s']:.1f} s wall, "
+        f"{run_['texts_per_s']:.1f} texts/s, {run_['tokens_per_s']:.0f} tokens/s ({summary['variant']}, "
+        f"{_count(summary['workers'], 'worker')} x {_count(summary['threads_per_worker'], 'thread')}). "
+        f"Output: {totals['embedded']} rows, {totals['rejects']} rejects in {summary['output']}"
+    )
 
 
 def _count(n: int, noun: str) -> str:

@@ -52,15 +52,35 @@ def load_texts(path: Path, column: str) -> list[str]:
 def in_process(encoder: Encoder, texts: list[str], batch_size: int, rows_per_part: int) -> tuple[float, np.ndarray]:
     """Seconds to embed `texts` part by part as a worker does (tokenize, sort, run), and the vectors."""
     started = time.perf_counter()
-    vectors = [encoder.embed(texts[i:i + rows_per_part], batch_size) for i in range(0, len(texts), rows_per_part)]
+    vectors = [encoder.embed(texts[i : i + rows_per_part], batch_size) for i in range(0, len(texts), rows_per_part)]
     return time.perf_counter() - started, np.concatenate(vectors)
 
 
 def bulk_command(args, out: Path, workers: int, threads: int, batch_size: int) -> list[str]:
-    return [sys.executable, "-m", "bulk_embed", "--artifacts", str(args.artifacts), "--input", str(args.input),
-            "--output", str(out), "--variant", args.variant, "--text-column", args.text_column,
-            "--workers", str(workers), "--threads-per-worker", str(threads), "--batch-size", str(batch_size),
-            "--rows-per-part", str(args.rows_per_part), "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "bulk_embed",
+        "--artifacts",
+        str(args.artifacts),
+        "--input",
+        str(args.input),
+        "--output",
+        str(out),
+        "--variant",
+        args.variant,
+        "--text-column",
+        args.text_column,
+        "--workers",
+        str(workers),
+        "--threads-per-worker",
+        str(threads),
+        "--batch-size",
+        str(batch_size),
+        "--rows-per-part",
+        str(args.rows_per_part),
+        "--no-progress",
+    ]
 
 
 def run_bulk(command: list[str]) -> dict:
@@ -84,8 +104,14 @@ def kill_and_resume(args, out: Path, batch_size: int, workers: int, threads: int
     total_parts = -(-len(load_texts(args.input, args.text_column)) // args.rows_per_part)
     kill_at = max(1, int(total_parts * args.kill_fraction))
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**os.environ, **ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     while not out.exists() or len(done_parts(out)) < kill_at:
         if process.poll() is not None:
             raise SystemExit("the job ended before the kill")
@@ -108,10 +134,18 @@ def kill_and_resume(args, out: Path, batch_size: int, workers: int, threads: int
     untouched = all((out / n).stat().st_ino == s[0] and (out / n).stat().st_mtime_ns == s[1] for n, s in before.items())
     ids, _ = read_vectors(out)
     expected = resumed["output_totals"]["rows_in"] - resumed["output_totals"]["rejects"]
-    return {"parts_total": total_parts, "killed_after_s": round(killed_after, 1), "parts_at_kill": len(before),
-            "temp_files_left_by_kill": temps, "resume": resumed, "parts_before_kill_untouched": untouched,
-            "rows_in_output": len(ids), "unique_ids": len(set(ids)), "rows_expected": expected,
-            "exactly_once": len(ids) == len(set(ids)) == expected}
+    return {
+        "parts_total": total_parts,
+        "killed_after_s": round(killed_after, 1),
+        "parts_at_kill": len(before),
+        "temp_files_left_by_kill": temps,
+        "resume": resumed,
+        "parts_before_kill_untouched": untouched,
+        "rows_in_output": len(ids),
+        "unique_ids": len(set(ids)),
+        "rows_expected": expected,
+        "exactly_once": len(ids) == len(set(ids)) == expected,
+    }
 
 
 def cpu_model() -> str:
@@ -123,14 +157,34 @@ def cpu_model() -> str:
 def markdown(results: dict) -> str:
     r = results
     ip = r["in_process"]
-    rows = [[f"in-process, {ip['threads']} threads, no Ray", ip["batch_size"], f"{ip['seconds']:.1f}", "-", "-",
-             f"{ip['seconds']:.1f}", f"{ip['texts_per_s']:.1f}", f"{ip['tokens_per_s']:.0f}", "1.00"]]
+    rows = [
+        [
+            f"in-process, {ip['threads']} threads, no Ray",
+            ip["batch_size"],
+            f"{ip['seconds']:.1f}",
+            "-",
+            "-",
+            f"{ip['seconds']:.1f}",
+            f"{ip['texts_per_s']:.1f}",
+            f"{ip['tokens_per_s']:.0f}",
+            "1.00",
+        ]
+    ]
     for run in r["bulk"]:
         s = run["summary"]["this_run"]
-        rows.append([f"bulk_embed, {run['workers']} x {run['threads']} (workers x threads)", ip["batch_size"],
-                     f"{s['wall_s']:.1f}", f"{s['ray_start_s']:.1f}", f"{s['pipeline_s']:.1f}",
-                     f"{s['worker_busy_s'] / run['workers']:.1f}", f"{s['texts_per_s']:.1f}",
-                     f"{s['tokens_per_s']:.0f}", f"{run['overhead_wall']:.2f}; {run['overhead_pipeline']:.2f}"])
+        rows.append(
+            [
+                f"bulk_embed, {run['workers']} x {run['threads']} (workers x threads)",
+                ip["batch_size"],
+                f"{s['wall_s']:.1f}",
+                f"{s['ray_start_s']:.1f}",
+                f"{s['pipeline_s']:.1f}",
+                f"{s['worker_busy_s'] / run['workers']:.1f}",
+                f"{s['texts_per_s']:.1f}",
+                f"{s['tokens_per_s']:.0f}",
+                f"{run['overhead_wall']:.2f}; {run['overhead_pipeline']:.2f}",
+            ]
+        )
     lines = [
         "# Bulk embedding: reference run",
         "",
@@ -139,8 +193,20 @@ def markdown(results: dict) -> str:
         f"{r['texts']} texts of the demo corpus ({r['tokens']} tokens after truncation, "
         f"{r['tokens'] / r['texts']:.0f} per text), parts of {r['rows_per_part']} texts. {r['date']}.",
         "",
-        table(["run", "batch", "wall s", "Ray start s", "pipeline s", "busy s / worker", "texts/s (wall)", "tokens/s",
-               "in-process / this (wall; pipeline)"], rows),
+        table(
+            [
+                "run",
+                "batch",
+                "wall s",
+                "Ray start s",
+                "pipeline s",
+                "busy s / worker",
+                "texts/s (wall)",
+                "tokens/s",
+                "in-process / this (wall; pipeline)",
+            ],
+            rows,
+        ),
     ]
     lines += [
         "",
@@ -154,7 +220,8 @@ def markdown(results: dict) -> str:
         + f" -> batch {ip['batch_size']}.",
         "",
         "Bulk vectors against in-process (same parts, same batch size): min cosine "
-        + ", ".join(f"{run['min_cosine_vs_in_process']:.6f}" for run in r["bulk"]) + ".",
+        + ", ".join(f"{run['min_cosine_vs_in_process']:.6f}" for run in r["bulk"])
+        + ".",
         "",
     ]
     by_speed = sorted(r["bulk"], key=lambda b: -b["summary"]["this_run"]["texts_per_s"])
@@ -222,8 +289,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"in-process sweep b{batch_size}: {sweep[batch_size]:.1f} texts/s")
     best = max(sweep, key=sweep.get)
     seconds, reference = in_process(encoder, texts, best, args.rows_per_part)
-    in_proc = {"threads": args.threads, "batch_size": best, "seconds": seconds, "texts_per_s": len(texts) / seconds,
-               "tokens_per_s": tokens / seconds}
+    in_proc = {
+        "threads": args.threads,
+        "batch_size": best,
+        "seconds": seconds,
+        "texts_per_s": len(texts) / seconds,
+        "tokens_per_s": tokens / seconds,
+    }
     log(f"in-process b{best}: {in_proc['texts_per_s']:.1f} texts/s")
     del encoder
 
@@ -234,13 +306,20 @@ def main(argv: list[str] | None = None) -> int:
             out = work / f"w{workers}t{threads}"
             summary = run_bulk(bulk_command(args, out, workers, threads, best))
             _, vectors = read_vectors(out)
-            cos = np.sum(vectors * reference, axis=1) / (np.linalg.norm(vectors, axis=1) *
-                                                         np.linalg.norm(reference, axis=1))
+            cos = np.sum(vectors * reference, axis=1) / (
+                np.linalg.norm(vectors, axis=1) * np.linalg.norm(reference, axis=1)
+            )
             run = summary["this_run"]
-            bulk.append({"workers": workers, "threads": threads, "summary": summary,
-                         "overhead_wall": in_proc["texts_per_s"] / run["texts_per_s"],
-                         "overhead_pipeline": in_proc["texts_per_s"] * run["pipeline_s"] / run["texts"],
-                         "min_cosine_vs_in_process": float(cos.min())})
+            bulk.append(
+                {
+                    "workers": workers,
+                    "threads": threads,
+                    "summary": summary,
+                    "overhead_wall": in_proc["texts_per_s"] / run["texts_per_s"],
+                    "overhead_pipeline": in_proc["texts_per_s"] * run["pipeline_s"] / run["texts"],
+                    "min_cosine_vs_in_process": float(cos.min()),
+                }
+            )
         fastest = max(bulk, key=lambda b: b["summary"]["this_run"]["texts_per_s"])
         kill = kill_and_resume(args, work / "killed", best, fastest["workers"], fastest["threads"])
         kill.update(workers=fastest["workers"], threads=fastest["threads"])
@@ -248,15 +327,23 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     results = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": bulk[0]["summary"]["model"],
-        "variant": bulk[0]["summary"]["variant"], "texts": len(texts), "tokens": tokens,
-        "rows_per_part": args.rows_per_part, "corpus": str(args.input.relative_to(REPO)) if args.input.is_relative_to(
-            REPO) else str(args.input),
-        "machine": {"cpus": os.cpu_count(), "processor": cpu_model(),
-                    "load_before": [round(x, 2) for x in load_before],
-                    "load_after": [round(x, 2) for x in os.getloadavg()]},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "model": bulk[0]["summary"]["model"],
+        "variant": bulk[0]["summary"]["variant"],
+        "texts": len(texts),
+        "tokens": tokens,
+        "rows_per_part": args.rows_per_part,
+        "corpus": str(args.input.relative_to(REPO)) if args.input.is_relative_to(REPO) else str(args.input),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": cpu_model(),
+            "load_before": [round(x, 2) for x in load_before],
+            "load_after": [round(x, 2) for x in os.getloadavg()],
+        },
         "sweep": {"texts": len(sweep_texts), "texts_per_s": {str(b): round(v, 2) for b, v in sweep.items()}},
-        "in_process": in_proc, "bulk": bulk, "kill_resume": kill,
+        "in_process": in_proc,
+        "bulk": bulk,
+        "kill_resume": kill,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -80,20 +80,25 @@ def prepare(out_dir: Path, job: dict, resume: bool) -> bool:
     job_file = out_dir / JOB_FILE
     if job_file.is_file():
         if not resume:
-            raise OutputError(f"--output {out_dir} already holds a bulk_embed job: pass --resume to continue it, "
-                              f"or choose another folder")
+            raise OutputError(
+                f"--output {out_dir} already holds a bulk_embed job: pass --resume to continue it, "
+                f"or choose another folder"
+            )
         try:
             old = json.loads(job_file.read_text())
         except ValueError:
             raise OutputError(f"--output {out_dir}: {JOB_FILE} is not valid JSON; choose another folder") from None
         changed = _differences(old, job)
         if changed:
-            raise OutputError(f"--output {out_dir} was started with other inputs or options ({', '.join(changed)} "
-                              f"differ): --resume needs the same ones, or choose another folder")
+            raise OutputError(
+                f"--output {out_dir} was started with other inputs or options ({', '.join(changed)} "
+                f"differ): --resume needs the same ones, or choose another folder"
+            )
         return True
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise OutputError(f"--output {out_dir} exists and is not a bulk_embed output folder: choose a new or empty "
-                          f"folder")
+        raise OutputError(
+            f"--output {out_dir} exists and is not a bulk_embed output folder: choose a new or empty folder"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REJECTS_DIR).mkdir(exist_ok=True)
     write_json_atomic(job_file, job)

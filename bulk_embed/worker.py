@@ -60,10 +60,14 @@ def schema(dimension: int, keep_text: bool, metadata: dict):
     fields = [pa.field("id", pa.string(), nullable=False)]
     if keep_text:
         fields.append(pa.field("text", pa.string(), nullable=False))
-    fields += [pa.field("n_tokens", pa.int32(), nullable=False),
-               pa.field("embedding", pa.list_(pa.float32(), dimension), nullable=False)]
-    return pa.schema(fields, metadata={"bulk_embed": json.dumps(metadata), "model": metadata["model"],
-                                       "variant": metadata["variant"]})
+    fields += [
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32(), dimension), nullable=False),
+    ]
+    return pa.schema(
+        fields,
+        metadata={"bulk_embed": json.dumps(metadata), "model": metadata["model"], "variant": metadata["variant"]},
+    )
 
 
 def process_part(encoder: Encoder, config: WorkerConfig, part: Part) -> dict:
@@ -76,8 +80,17 @@ def process_part(encoder: Encoder, config: WorkerConfig, part: Part) -> dict:
     keep: list[tuple[RawRow, str]] = []
 
     def reject(row: RawRow, reason: str, detail: str = "") -> None:
-        rejects.append({"part": part.name, "source": part.source, "row": row.row, "id": _row_id(part, row),
-                        "reason": reason, "detail": detail, "value": _preview(row.value)})
+        rejects.append(
+            {
+                "part": part.name,
+                "source": part.source,
+                "row": row.row,
+                "id": _row_id(part, row),
+                "reason": reason,
+                "detail": detail,
+                "value": _preview(row.value),
+            }
+        )
 
     for row in raw:
         if row.error:
@@ -100,24 +113,36 @@ def process_part(encoder: Encoder, config: WorkerConfig, part: Part) -> dict:
         rows.append((row, text))
         token_ids.append(row_ids)
 
-    vectors = (encoder.embed_ids(token_ids, config.batch_size) if token_ids
-               else np.empty((0, encoder.dimension), dtype=np.float32))
+    vectors = (
+        encoder.embed_ids(token_ids, config.batch_size)
+        if token_ids
+        else np.empty((0, encoder.dimension), dtype=np.float32)
+    )
     out = Path(config.output)
     if rejects:
         rejects.sort(key=lambda r: r["row"])
-        write_atomic_bytes(out / REJECTS_DIR / f"{part.name}.jsonl",
-                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects).encode("utf-8"))
+        write_atomic_bytes(
+            out / REJECTS_DIR / f"{part.name}.jsonl",
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects).encode("utf-8"),
+        )
     columns = {"id": pa.array([_row_id(part, row) for row, _ in rows], pa.string())}
     if config.keep_text:
         columns["text"] = pa.array([text for _, text in rows], pa.string())
     columns["n_tokens"] = pa.array([len(r) for r in token_ids], pa.int32())
-    columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()),
-                                                             encoder.dimension)
+    columns["embedding"] = pa.FixedSizeListArray.from_arrays(
+        pa.array(vectors.reshape(-1), pa.float32()), encoder.dimension
+    )
     table = pa.Table.from_pydict(columns, schema=schema(encoder.dimension, config.keep_text, encoder.details()))
     write_table_atomic(out / f"{part.name}.parquet", table)
-    return {"part": part.name, "rows": len(raw), "embedded": len(rows), "rejects": len(rejects),
-            "reasons": json.dumps(Counter(r["reason"] for r in rejects)), "tokens": sum(len(r) for r in token_ids),
-            "seconds": time.perf_counter() - started}
+    return {
+        "part": part.name,
+        "rows": len(raw),
+        "embedded": len(rows),
+        "rejects": len(rejects),
+        "reasons": json.dumps(Counter(r["reason"] for r in rejects)),
+        "tokens": sum(len(r) for r in token_ids),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 class PartWorker:
@@ -133,4 +158,3 @@ class PartWorker:
             descriptor = {key: values[k] for key, values in batch.items()}
             results.append(process_part(self.encoder, self.config, Part.from_dict(descriptor)))
         return {key: np.array([r[key] for r in results]) for key in results[0]}
-

@@ -26,9 +26,16 @@ class Answer:
     server_ms: float | None  # the service's own timing header, for 200s
 
 
-async def closed_loop(base_url: str, clients: int, duration_s: float, warmup_s: float,
-                      draw_texts: Callable[[random.Random], list[str]], dimension: int, seed: int = 0,
-                      server_time_header: str = "x-total-time") -> list[Answer]:
+async def closed_loop(
+    base_url: str,
+    clients: int,
+    duration_s: float,
+    warmup_s: float,
+    draw_texts: Callable[[random.Random], list[str]],
+    dimension: int,
+    seed: int = 0,
+    server_time_header: str = "x-total-time",
+) -> list[Answer]:
     """Run the load for warmup_s + duration_s; return the answers received in the last duration_s."""
     import httpx
 

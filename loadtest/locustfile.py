@@ -75,8 +75,9 @@ class _EmbeddingUser(FastHttpUser):
     def embed(self) -> None:
         count = FIXED_TEXTS or self.rng.randint(1, MAX_BATCH)
         texts = [self.rng.choice(CORPUS) for _ in range(count)]
-        with self.client.post("/embed", json={"inputs": texts}, name="/embed", headers=self.headers,
-                              catch_response=True) as response:
+        with self.client.post(
+            "/embed", json={"inputs": texts}, name="/embed", headers=self.headers, catch_response=True
+        ) as response:
             if response.status_code == 429:
                 # Its own outcome, not a failure: the service said when to come back, and we do.
                 response.request_meta["name"] = REJECTED_NAME
@@ -110,5 +111,8 @@ class OnnxApiUser(_EmbeddingUser):
 
 @events.init_command_line_parser.add_listener
 def _describe(parser) -> None:  # shows up in `locust --help`
-    parser.add_argument("--embedding-corpus-info", default=f"{len(CORPUS)} texts from {CORPUS_FILE.name}",
-                        help="(info only) corpus the users draw from")
+    parser.add_argument(
+        "--embedding-corpus-info",
+        default=f"{len(CORPUS)} texts from {CORPUS_FILE.name}",
+        help="(info only) corpus the users draw from",
+    )

@@ -22,18 +22,39 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_service(module: str, artifacts, port: int | None = None, threads: int | None = 1,
-                    env: dict | None = None, args: tuple[str, ...] = (), timeout_s: float = 600, log_file=None):
+def running_service(
+    module: str,
+    artifacts,
+    port: int | None = None,
+    threads: int | None = 1,
+    env: dict | None = None,
+    args: tuple[str, ...] = (),
+    timeout_s: float = 600,
+    log_file=None,
+):
     """Yield the base URL of `python -m <module>` once it is warmed up; stop it (by pid) on exit.
     threads None: the service's own default. log_file: an open file for its output (else a pipe)."""
     port = port or free_port()
-    command = [sys.executable, "-m", module, "--artifacts", str(artifacts), "--host", "127.0.0.1",
-               "--port", str(port), "--log-level", "warning", *args]
+    command = [
+        sys.executable,
+        "-m",
+        module,
+        "--artifacts",
+        str(artifacts),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *args,
+    ]
     if threads is not None:
         command += ["--threads", str(threads)]
     output = log_file if log_file is not None else subprocess.PIPE
-    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=output,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT, text=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s

@@ -233,8 +233,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts/all-mpnet-base-v2"))
     for row in SERVICES.values():
-        parser.add_argument(f"--{row.short}-url", default=None,
-                            help=f"target a running {row.name} instead of starting one")
+        parser.add_argument(
+            f"--{row.short}-url", default=None, help=f"target a running {row.name} instead of starting one"
+        )
     parser.add_argument("--services", default=",".join(SERVICES))
     parser.add_argument("--users", default="1,8,32,128,512", help="comma list of concurrent closed-loop users")
     parser.add_argument("--texts", type=int, default=8, help="texts per request (the same for every request)")
@@ -296,8 +297,9 @@ def main(argv=None) -> int:
             if base is None:
                 print(f"starting {service} from {args.artifacts} (warm-up may take a minute) ...", flush=True)
                 log = stack.enter_context(open(args.out / f"{service}.log", "w"))
-                base = stack.enter_context(running_service(row.module, args.artifacts, threads=args.threads,
-                                                           log_file=log))
+                base = stack.enter_context(
+                    running_service(row.module, args.artifacts, threads=args.threads, log_file=log)
+                )
             with urllib.request.urlopen(f"{base}/info", timeout=10) as response:
                 info = json.loads(response.read())
             steps = []
@@ -372,15 +374,46 @@ def write_report(results: dict, out: Path) -> None:
         "drifts between steps on a shared machine; a serving layer that loses nothing keeps the model busy at "
         "every load.",
         "",
-        table(["service", "variant", "users", "requests", "200", "429 share", "5xx", "other failures",
-               "goodput (sentences/s)", "p50 ms", "p95 ms", "model busy", "model speed (texts/s)", "Locust CPU (cores)",
-               "service CPU (cores)"],
-              [[name, data["info"]["variant"], step["users"], step["requests"], step["ok"], f"{step['share_429']:.1%}",
-                step["failure_classes"]["5xx"], step["failures"] - step["failure_classes"]["5xx"],
-                f"{step['goodput']:.1f}", f"{step['p50_ms']:.0f}", f"{step['p95_ms']:.0f}",
-                step.get("model_busy_share", "-"), step.get("model_texts_per_model_s", "-"),
-                f"{step['locust_cpu_cores']:.2f}", f"{step['service_cpu_cores']:.2f}"]
-               for name, data in results["services"].items() for step in data["steps"]]),
+        table(
+            [
+                "service",
+                "variant",
+                "users",
+                "requests",
+                "200",
+                "429 share",
+                "5xx",
+                "other failures",
+                "goodput (sentences/s)",
+                "p50 ms",
+                "p95 ms",
+                "model busy",
+                "model speed (texts/s)",
+                "Locust CPU (cores)",
+                "service CPU (cores)",
+            ],
+            [
+                [
+                    name,
+                    data["info"]["variant"],
+                    step["users"],
+                    step["requests"],
+                    step["ok"],
+                    f"{step['share_429']:.1%}",
+                    step["failure_classes"]["5xx"],
+                    step["failures"] - step["failure_classes"]["5xx"],
+                    f"{step['goodput']:.1f}",
+                    f"{step['p50_ms']:.0f}",
+                    f"{step['p95_ms']:.0f}",
+                    step.get("model_busy_share", "-"),
+                    step.get("model_texts_per_model_s", "-"),
+                    f"{step['locust_cpu_cores']:.2f}",
+                    f"{step['service_cpu_cores']:.2f}",
+                ]
+                for name, data in results["services"].items()
+                for step in data["steps"]
+            ],
+        ),
         "",
         "## Capacity and serving efficiency",
         "",
@@ -404,15 +437,41 @@ def write_report(results: dict, out: Path) -> None:
         after = data["after_last_step"]
         best = f"{ceiling['best_texts_per_s']} (b{ceiling['best_batch']})" if ceiling else "-"
         efficiency = data["serving_efficiency"]
-        capacity.append([name, k["users"] if k else "-", k["capacity_sentences_per_s"] if k else "-",
-                         f"{data['saturation_goodput']:.1f}", best, efficiency if efficiency is not None else "-",
-                         ratios, speed_ratios, p95_check, f"HTTP {after['status']} in {after['ms']:.0f} ms"])
+        capacity.append(
+            [
+                name,
+                k["users"] if k else "-",
+                k["capacity_sentences_per_s"] if k else "-",
+                f"{data['saturation_goodput']:.1f}",
+                best,
+                efficiency if efficiency is not None else "-",
+                ratios,
+                speed_ratios,
+                p95_check,
+                f"HTTP {after['status']} in {after['ms']:.0f} ms",
+            ]
+        )
     lines += [
-        table(["service", "knee (users)", "capacity at the knee (sentences/s)", "saturation goodput",
-               "in-process best (texts/s, batch)", "serving efficiency", "goodput at 128 / 512 users vs 32",
-               "model speed at 128 / 512 vs 32", "worst p95 at 128 / 512 vs the wait budget + one full batch",
-               "request right after"], capacity),
-        "", "![throughput](throughput.png)", "", "![latency](latency.png)", "",
+        table(
+            [
+                "service",
+                "knee (users)",
+                "capacity at the knee (sentences/s)",
+                "saturation goodput",
+                "in-process best (texts/s, batch)",
+                "serving efficiency",
+                "goodput at 128 / 512 users vs 32",
+                "model speed at 128 / 512 vs 32",
+                "worst p95 at 128 / 512 vs the wait budget + one full batch",
+                "request right after",
+            ],
+            capacity,
+        ),
+        "",
+        "![throughput](throughput.png)",
+        "",
+        "![latency](latency.png)",
+        "",
     ]
     (out / "report.md").write_text("\n".join(lines))
     write_charts(results, out)

@@ -15,8 +15,18 @@ from pathlib import Path
 
 #: the /proc/cpuinfo flags that decide which kernels ONNX Runtime, OpenVINO and oneDNN pick: fp32 vector
 #: width, int8 dot products (VNNI: without it int8 GEMMs saturate in U8S8), bf16 dot products and AMX tiles
-RELEVANT_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
-                     "amx_bf16", "amx_int8", "amx_tile")
+RELEVANT_FEATURES = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+)
 CPUINFO = Path("/proc/cpuinfo")
 
 
@@ -48,8 +58,12 @@ class HostCpu:
     def from_dict(cls, data: dict | None) -> HostCpu | None:
         if not data:
             return None
-        return cls(str(data.get("model", "")), frozenset(data.get("features", ())), int(data.get("cores", 0)),
-                   str(data.get("machine", "")))
+        return cls(
+            str(data.get("model", "")),
+            frozenset(data.get("features", ())),
+            int(data.get("cores", 0)),
+            str(data.get("machine", "")),
+        )
 
 
 def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:

@@ -99,8 +99,10 @@ class Parity:
         verdict = "passes" if self.passes_parity else "FAILS"
         text = f"min cos {self.min_cosine:.4f}, mean {self.mean_cosine:.4f}"
         if self.top10_agreement is not None:
-            text += (f", top-10 agreement {self.top10_agreement:.3f} (worst 1% {self.top10_agreement_worst1pct:.2f}),"
-                     f" Spearman {self.spearman:.4f}")
+            text += (
+                f", top-10 agreement {self.top10_agreement:.3f} (worst 1% {self.top10_agreement_worst1pct:.2f}),"
+                f" Spearman {self.spearman:.4f}"
+            )
         return f"{text}: {verdict} the gate"
 
     def why_failing(self) -> str:
@@ -126,8 +128,19 @@ class ArtifactRecord:
     measured_on: dict | None = None  # the CPU (runtime.host.HostCpu) parity and speed were measured on
     extra: dict = field(default_factory=dict)
 
-    _ORDER = ("runtime", "precision", "path", "bytes", "files", "parity", "speed", "measured_on", "notes", "recipe",
-              "fusion")
+    _ORDER = (
+        "runtime",
+        "precision",
+        "path",
+        "bytes",
+        "files",
+        "parity",
+        "speed",
+        "measured_on",
+        "notes",
+        "recipe",
+        "fusion",
+    )
 
     @classmethod
     def from_dict(cls, data: dict) -> ArtifactRecord:
@@ -137,8 +150,9 @@ class ArtifactRecord:
         return cls(**known, extra=extra)
 
     @classmethod
-    def from_files(cls, root: Path, rel_path: str, runtime: str, precision: str, parity: Parity, notes: str,
-                 **optional) -> ArtifactRecord:
+    def from_files(
+        cls, root: Path, rel_path: str, runtime: str, precision: str, parity: Parity, notes: str, **optional
+    ) -> ArtifactRecord:
         """Record the files under root/rel_path (a file or a folder) with their sizes and sha256."""
         target = root / rel_path
         if target.is_dir():

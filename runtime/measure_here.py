@@ -30,8 +30,9 @@ SPEED_BATCH_TEXTS = 32
 Run = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def service_speed(run: Run, tokenizer: TextTokenizer, batch_texts: list[str], one_text: str,
-                  rounds: int = 3, one_text_rounds: int = 5) -> dict:
+def service_speed(
+    run: Run, tokenizer: TextTokenizer, batch_texts: list[str], one_text: str, rounds: int = 3, one_text_rounds: int = 5
+) -> dict:
     """Median time of one short text and of a batch of mixed texts cut into calls as the services' batcher
     cuts them (runtime.batching); each after one untimed warm-up call."""
     one = tokenizer.encode([one_text])
@@ -53,8 +54,12 @@ def service_speed(run: Run, tokenizer: TextTokenizer, batch_texts: list[str], on
 
     one_ms = median_ms(lambda: run(one.input_ids, one.attention_mask), one_text_rounds)
     batch_ms = median_ms(batch, rounds)
-    return {"texts_per_s": round(len(batch_texts) / batch_ms * 1000, 2), "batch_ms": round(batch_ms, 1),
-            "batch_texts": len(batch_texts), "one_text_ms": round(one_ms, 2)}
+    return {
+        "texts_per_s": round(len(batch_texts) / batch_ms * 1000, 2),
+        "batch_ms": round(batch_ms, 1),
+        "batch_texts": len(batch_texts),
+        "one_text_ms": round(one_ms, 2),
+    }
 
 
 def embed_in_groups(run: Run, tokenizer: TextTokenizer, texts: list[str], groups: list[list[int]]) -> np.ndarray:
@@ -70,8 +75,9 @@ def embed_in_groups(run: Run, tokenizer: TextTokenizer, texts: list[str], groups
     return out
 
 
-def embed_in_service_batches(run: Run, tokenizer: TextTokenizer, texts: list[str], max_batch: int = 32,
-                             window: int = 64) -> np.ndarray:
+def embed_in_service_batches(
+    run: Run, tokenizer: TextTokenizer, texts: list[str], max_batch: int = 32, window: int = 64
+) -> np.ndarray:
     """Embeddings in text order, computed in the groups a service forms (runtime.similarity.service_batches):
     mixed lengths and batch mates, as dynamic int8 meets them when served."""
     return embed_in_groups(run, tokenizer, texts, service_batches(tokenizer.count_tokens(texts), max_batch, window))
@@ -107,8 +113,9 @@ class HostMeasurements:
     @property
     def tokenizer(self) -> TextTokenizer:
         if self._tokenizer is None:
-            self._tokenizer = TextTokenizer(self.artifacts_dir / self.manifest.tokenizer.path,
-                                            self.manifest.model.max_seq_length)
+            self._tokenizer = TextTokenizer(
+                self.artifacts_dir / self.manifest.tokenizer.path, self.manifest.model.max_seq_length
+            )
         return self._tokenizer
 
     def recheck(self, row) -> dict | None:
@@ -118,16 +125,30 @@ class HostMeasurements:
         runner = row.load(self.artifacts_dir, self.manifest, self.threads)
         vectors = embed_in_service_batches(runner.run, self.tokenizer, texts["recheck"])
         gate = self.manifest.parity
-        return fidelity_report(vectors, reference, len(reference), gate.get("min_cosine_threshold", PARITY_MIN_COSINE),
-                               gate.get("min_top10_agreement", MIN_TOP10_AGREEMENT))
+        return fidelity_report(
+            vectors,
+            reference,
+            len(reference),
+            gate.get("min_cosine_threshold", PARITY_MIN_COSINE),
+            gate.get("min_top10_agreement", MIN_TOP10_AGREEMENT),
+        )
 
     def time_here(self, row) -> dict:
-        texts: dict[str, Any] = (self._check[0] if self._check else
-                                 {"speed_batch": ["warm up"] * SPEED_BATCH_TEXTS, "speed_one": "warm up"})
+        texts: dict[str, Any] = (
+            self._check[0] if self._check else {"speed_batch": ["warm up"] * SPEED_BATCH_TEXTS, "speed_one": "warm up"}
+        )
         runner = row.load(self.artifacts_dir, self.manifest, self.threads)
-        return service_speed(runner.run, self.tokenizer, texts["speed_batch"], texts["speed_one"], rounds=2,
-                             one_text_rounds=3)
+        return service_speed(
+            runner.run, self.tokenizer, texts["speed_batch"], texts["speed_one"], rounds=2, one_text_rounds=3
+        )
 
 
-__all__ = ["CHECK_TEXTS_FILE", "CHECK_VECTORS_FILE", "HostMeasurements", "embed_in_groups", "embed_in_service_batches",
-           "load_check", "service_speed"]
+__all__ = [
+    "CHECK_TEXTS_FILE",
+    "CHECK_VECTORS_FILE",
+    "HostMeasurements",
+    "embed_in_groups",
+    "embed_in_service_batches",
+    "load_check",
+    "service_speed",
+]

@@ -25,14 +25,16 @@ def session_options(threads: int | None, optimize: bool, optimized_model_path: P
 class OnnxSentenceRunner:
     """(input_ids, attention_mask) -> pooled sentence embeddings (not normalized), float32."""
 
-    def __init__(self, model_path: Path, threads: int | None = None, optimize: bool = True,
-                 providers: list | None = None):
+    def __init__(
+        self, model_path: Path, threads: int | None = None, optimize: bool = True, providers: list | None = None
+    ):
         """`providers`: ONNX Runtime execution providers in order of preference (default: the CPU only)."""
         import onnxruntime as ort
 
         self.model_path = Path(model_path)
         self.session = ort.InferenceSession(
-            str(model_path), sess_options=session_options(threads, optimize),
+            str(model_path),
+            sess_options=session_options(threads, optimize),
             providers=providers or ["CPUExecutionProvider"],
         )
         self._input_names = {i.name for i in self.session.get_inputs()}

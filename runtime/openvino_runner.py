@@ -30,8 +30,9 @@ IR_FILE = "model.xml"
 class OpenVinoRunner:
     """(input_ids, attention_mask) -> pooled sentence embeddings (not normalized), float32."""
 
-    def __init__(self, model_path: Path, precision: str = "fp32", threads: int | None = None,
-                 performance_hint: str = "LATENCY"):
+    def __init__(
+        self, model_path: Path, precision: str = "fp32", threads: int | None = None, performance_hint: str = "LATENCY"
+    ):
         import openvino as ov
 
         self.model_path = Path(model_path) / IR_FILE if Path(model_path).is_dir() else Path(model_path)
@@ -49,11 +50,12 @@ class OpenVinoRunner:
         return np.array(result[self._output], dtype=np.float32)  # a copy: the request reuses its buffers
 
     def details(self) -> dict:
-        return {"openvino_inference_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT")),
-                "openvino_performance_hint": str(self.compiled.get_property("PERFORMANCE_HINT")),
-                "openvino_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
-                "openvino_dynamic_quantization_group": int(
-                    self.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))}
+        return {
+            "openvino_inference_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT")),
+            "openvino_performance_hint": str(self.compiled.get_property("PERFORMANCE_HINT")),
+            "openvino_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
+            "openvino_dynamic_quantization_group": int(self.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")),
+        }
 
 
 def open_runner(row, path: Path, pooling=None, threads: int | None = None, device: str = "cpu") -> OpenVinoRunner:

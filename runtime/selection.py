@@ -44,8 +44,12 @@ class Candidate:
         return (self.speed or {}).get("texts_per_s")
 
     def to_dict(self) -> dict:
-        out: dict[str, Any] = {"variant": self.name, "engine": self.engine, "precision": self.precision,
-                               "verdict": self.verdict}
+        out: dict[str, Any] = {
+            "variant": self.name,
+            "engine": self.engine,
+            "precision": self.precision,
+            "verdict": self.verdict,
+        }
         if self.speed:
             out["speed"] = self.speed
         if self.fidelity:
@@ -62,9 +66,13 @@ class Choice:
     candidates: list[Candidate] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"variant": self.variant, "reason": self.reason, "host": self.host.to_dict(),
-                "build_host": self.build_host.to_dict() if self.build_host else None,
-                "candidates": [c.to_dict() for c in self.candidates]}
+        return {
+            "variant": self.variant,
+            "reason": self.reason,
+            "host": self.host.to_dict(),
+            "build_host": self.build_host.to_dict() if self.build_host else None,
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
 
     def lines(self) -> list[str]:
         """The candidates as log lines."""
@@ -81,15 +89,24 @@ def build_host_of(manifest: Manifest, name: str) -> HostCpu | None:
     return HostCpu.from_dict(record.measured_on) or HostCpu.from_dict(manifest.build.get("host"))
 
 
-def choose(manifest: Manifest, service: str, requested: str = "auto", device: str = "cpu",
-           host: HostCpu | None = None, recheck: Recheck | None = None, time_here: TimeHere | None = None,
-           rows: tuple[Variant, ...] = VARIANTS) -> Choice:
+def choose(
+    manifest: Manifest,
+    service: str,
+    requested: str = "auto",
+    device: str = "cpu",
+    host: HostCpu | None = None,
+    recheck: Recheck | None = None,
+    time_here: TimeHere | None = None,
+    rows: tuple[Variant, ...] = VARIANTS,
+) -> Choice:
     """The variant to serve (raises ArtifactError, one line, where none or the requested one cannot be)."""
     host = host or probe_cpu()
     served = served_by(service, device, rows)
     if requested != "auto" and requested not in {v.name for v in served}:
-        raise ArtifactError(f"Variant '{requested}' is not served by {service} on {device} "
-                            f"(choose from: auto, {', '.join(v.name for v in served)}).")
+        raise ArtifactError(
+            f"Variant '{requested}' is not served by {service} on {device} "
+            f"(choose from: auto, {', '.join(v.name for v in served)})."
+        )
     considered = [v for v in served if requested in ("auto", v.name)]
     candidates = [_judge(manifest, v, device, host, recheck) for v in considered]
     eligible = [c for c in candidates if c.eligible]
@@ -109,8 +126,10 @@ def choose(manifest: Manifest, service: str, requested: str = "auto", device: st
         best = max(timed, key=lambda c: c.texts_per_s or 0.0)  # ties: table order (max keeps the first)
         speed = best.speed or {}
         where = "measured on this CPU at build" if speed["measured"] == "build" else "timed at start-up"
-        reason = (f"fastest of {len(eligible)} that pass the gate here: {best.texts_per_s:.1f} texts/s at a "
-                  f"batch of {speed.get('batch_texts', '?')} ({where})")
+        reason = (
+            f"fastest of {len(eligible)} that pass the gate here: {best.texts_per_s:.1f} texts/s at a "
+            f"batch of {speed.get('batch_texts', '?')} ({where})"
+        )
     else:
         best = eligible[0]
         reason = "no speed figures (an older manifest, another CPU and no timing): the first that passes"
@@ -162,8 +181,9 @@ def _gate_figures(parity: dict, where: str) -> dict:
     return {**{k: parity[k] for k in keys if parity.get(k) is not None}, "measured": where}
 
 
-def _speed(manifest: Manifest, name: str, device: str, host: HostCpu, time_here: TimeHere | None,
-           rows: tuple[Variant, ...]) -> dict | None:
+def _speed(
+    manifest: Manifest, name: str, device: str, host: HostCpu, time_here: TimeHere | None, rows: tuple[Variant, ...]
+) -> dict | None:
     record = manifest.artifacts[name]
     built_on = build_host_of(manifest, name)
     if not record.speed:

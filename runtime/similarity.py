@@ -32,8 +32,12 @@ def rowwise_cosine(candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.sum(l2_normalize(candidate.astype(np.float64)) * l2_normalize(reference.astype(np.float64)), axis=1)
 
 
-def gate_failures(min_cosine: float, top10_agreement: float | None = None, threshold: float = PARITY_MIN_COSINE,
-                  min_top10: float | None = MIN_TOP10_AGREEMENT) -> list[str]:
+def gate_failures(
+    min_cosine: float,
+    top10_agreement: float | None = None,
+    threshold: float = PARITY_MIN_COSINE,
+    min_top10: float | None = MIN_TOP10_AGREEMENT,
+) -> list[str]:
     """The gate's failed conditions, in words (none: it passes): min cosine >= threshold and, where both are
     known (not in older manifests or cosine-only checks), mean top-10 agreement >= min_top10."""
     reasons = []
@@ -102,8 +106,7 @@ def sample_pairs(n: int, pairs: int = SPEARMAN_PAIRS, seed: int = 0) -> tuple[np
     return first[keep], second[keep]
 
 
-def retrieval_report(candidate: np.ndarray, reference: np.ndarray, k: int = TOP_K,
-                     pairs: int = SPEARMAN_PAIRS) -> dict:
+def retrieval_report(candidate: np.ndarray, reference: np.ndarray, k: int = TOP_K, pairs: int = SPEARMAN_PAIRS) -> dict:
     """Label-free retrieval agreement of `candidate` with `reference` (same texts, same row order)."""
     agreement = top_k_agreement(candidate, reference, k)
     first, second = sample_pairs(len(reference), pairs)
@@ -118,20 +121,36 @@ def retrieval_report(candidate: np.ndarray, reference: np.ndarray, k: int = TOP_
     }
 
 
-def fidelity_report(candidate: np.ndarray, reference: np.ndarray, parity_rows: int,
-                    min_cosine: float = PARITY_MIN_COSINE, min_top10: float = MIN_TOP10_AGREEMENT) -> dict:
+def fidelity_report(
+    candidate: np.ndarray,
+    reference: np.ndarray,
+    parity_rows: int,
+    min_cosine: float = PARITY_MIN_COSINE,
+    min_top10: float = MIN_TOP10_AGREEMENT,
+) -> dict:
     """The whole gate. Rows [:parity_rows] are the parity corpus, all rows the retrieval corpus (both
     embedded in service batches). `passes_parity` means: min cosine on the parity corpus >= min_cosine
     and mean top-10 agreement >= min_top10."""
     report = parity_report(candidate[:parity_rows], reference[:parity_rows], min_cosine)
     retrieval = retrieval_report(candidate, reference)
     corpus_cosines = rowwise_cosine(candidate, reference)
-    report.update(retrieval, retrieval_min_cosine=round(float(corpus_cosines.min()), 6),
-                  min_top10_agreement=min_top10)
-    report["passes_parity"] = not gate_failures(report["min_cosine"], retrieval["top10_agreement"], min_cosine,
-                                                min_top10)
+    report.update(retrieval, retrieval_min_cosine=round(float(corpus_cosines.min()), 6), min_top10_agreement=min_top10)
+    report["passes_parity"] = not gate_failures(
+        report["min_cosine"], retrieval["top10_agreement"], min_cosine, min_top10
+    )
     return report
 
 
-__all__ = ["MIN_TOP10_AGREEMENT", "PARITY_MIN_COSINE", "fidelity_report", "gate_failures", "l2_normalize",
-           "parity_report", "retrieval_report", "rowwise_cosine", "service_batches", "spearman", "top_k_agreement"]
+__all__ = [
+    "MIN_TOP10_AGREEMENT",
+    "PARITY_MIN_COSINE",
+    "fidelity_report",
+    "gate_failures",
+    "l2_normalize",
+    "parity_report",
+    "retrieval_report",
+    "rowwise_cosine",
+    "service_batches",
+    "spearman",
+    "top_k_agreement",
+]

@@ -59,4 +59,3 @@ def quantize_smoothed(encoder, names: list[str]):
 
     spec = {f"{name}.linear": per_channel_dynamic_qconfig for name in names}
     return quantize_dynamic(encoder, spec, dtype=torch.qint8)
-

@@ -19,8 +19,17 @@ LOOPBACK_ENV = {
     **{name: {f"{row.env_prefix}HOST": "127.0.0.1"} for name, row in SERVICES.items()},
     "locust": {row.url_env: row.local_url() for row in SERVICES.values()},
 }
-LOCUST_COMMAND = ["/opt/venv/bin/python", "-m", "locust", "-f", "loadtest/locustfile.py",
-                  "--web-host", "127.0.0.1", "--web-port", "8089"]
+LOCUST_COMMAND = [
+    "/opt/venv/bin/python",
+    "-m",
+    "locust",
+    "-f",
+    "loadtest/locustfile.py",
+    "--web-host",
+    "127.0.0.1",
+    "--web-port",
+    "8089",
+]
 
 
 def to_host_mode(config: dict) -> dict:

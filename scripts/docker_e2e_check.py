@@ -21,8 +21,9 @@ from services.common.probe import wait_until_healthy
 def post_embed(url: str, texts: list[str]):
     import numpy as np
 
-    request = urllib.request.Request(f"{url}/embed", data=json.dumps({"inputs": texts}).encode(),
-                                     headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/embed", data=json.dumps({"inputs": texts}).encode(), headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=300) as response:
         return np.asarray(json.loads(response.read()), dtype=np.float32)
 
@@ -55,8 +56,9 @@ def main() -> int:
     args = parser.parse_args()
     urls = {name: getattr(args, f"{row.short}_url") for name, row in SERVICES.items()}
     try:
-        wait_until_healthy(urls, args.timeout_s, interval_s=2,
-                           on_ready=lambda name, url: print(f"{name} healthy at {url}", flush=True))
+        wait_until_healthy(
+            urls, args.timeout_s, interval_s=2, on_ready=lambda name, url: print(f"{name} healthy at {url}", flush=True)
+        )
     except TimeoutError as exc:
         raise SystemExit(str(exc)) from None
     if args.locust_url:
@@ -80,33 +82,45 @@ def main() -> int:
             infos[name] = json.loads(response.read())
         vectors[name] = post_embed(url, texts)
         cosines = (vectors[name] * reference).sum(axis=1)
-        parity[name] = {"variant": infos[name]["variant"], "min_cosine": round(float(cosines.min()), 6),
-                        "mean_cosine": round(float(cosines.mean()), 6)}
+        parity[name] = {
+            "variant": infos[name]["variant"],
+            "min_cosine": round(float(cosines.min()), 6),
+            "mean_cosine": round(float(cosines.mean()), 6),
+        }
     between = (vectors[TORCH_API.name] * vectors[ONNX_API.name]).sum(axis=1)
     parity["torch_vs_onnx_min_cosine"] = round(float(between.min()), 6)
 
     images = {}
     for pair in args.images:
         service, image = pair.split("=", 1)
-        size = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", image], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        size = subprocess.run(
+            ["docker", "image", "inspect", "-f", "{{.Size}}", image], capture_output=True, text=True, check=True
+        ).stdout.strip()
         images[service] = int(size)
     response_ms = {}
     for name, url in urls.items():
         stats = sequential_latency(url, args.requests)
         response_ms[name] = {"mean": stats["mean"], "median": stats["median"], "p95": stats["p95"]}
 
-    result = {"images": images, "response_ms": response_ms, "parity": parity, "requests": args.requests,
-              "model": str(args.model), "variants": {n: i["variant"] for n, i in infos.items()},
-              "threads": {n: i.get("threads") for n, i in infos.items()}}
+    result = {
+        "images": images,
+        "response_ms": response_ms,
+        "parity": parity,
+        "requests": args.requests,
+        "model": str(args.model),
+        "variants": {n: i["variant"] for n, i in infos.items()},
+        "threads": {n: i.get("threads") for n, i in infos.items()},
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"\n{'service':<10} {'variant':<15} {'image MB':>9} {'mean ms':>8} {'median':>8} {'p95':>8} {'min cos':>8}")
     for name in urls:
         r = response_ms[name]
-        print(f"{name:<10} {infos[name]['variant']:<15} {images.get(name, 0) / 1e6:9.1f} {r['mean']:8.2f} "
-              f"{r['median']:8.2f} {r['p95']:8.2f} {parity[name]['min_cosine']:8.4f}")
+        print(
+            f"{name:<10} {infos[name]['variant']:<15} {images.get(name, 0) / 1e6:9.1f} {r['mean']:8.2f} "
+            f"{r['median']:8.2f} {r['p95']:8.2f} {parity[name]['min_cosine']:8.4f}"
+        )
     if images.get("torch_api") and images.get("onnx_api"):
         print(f"image size ratio torch_api / onnx_api: {images['torch_api'] / images['onnx_api']:.2f}x")
     print(f"torch vs onnx min cosine: {parity['torch_vs_onnx_min_cosine']:.4f}; wrote {args.out}")

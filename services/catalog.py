@@ -53,10 +53,17 @@ class Service:
         return getattr(module, self.settings_class), getattr(module, self.embedder_class)
 
 
-TORCH_API = Service("torch_api", "torch", "TorchSettings", "TorchEmbedder", ("torch", "transformers"), 8001,
-                    "TorchApiUser", in_process_settings={"compile": False})
-ONNX_API = Service("onnx_api", "onnx", "OnnxSettings", "OnnxEmbedder", ("onnxruntime", "openvino"), 8002,
-                   "OnnxApiUser")
+TORCH_API = Service(
+    "torch_api",
+    "torch",
+    "TorchSettings",
+    "TorchEmbedder",
+    ("torch", "transformers"),
+    8001,
+    "TorchApiUser",
+    in_process_settings={"compile": False},
+)
+ONNX_API = Service("onnx_api", "onnx", "OnnxSettings", "OnnxEmbedder", ("onnxruntime", "openvino"), 8002, "OnnxApiUser")
 #: by name, in the order reports list them
 SERVICES = {s.name: s for s in (TORCH_API, ONNX_API)}
 

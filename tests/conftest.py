@@ -27,8 +27,10 @@ def pytest_collection_modifyitems(config, items):
 def minilm_dir() -> Path:
     folder = MODELS / "all-MiniLM-L6-v2"
     if not (folder / "model.safetensors").is_file():
-        subprocess.run([sys.executable, str(REPO / "scripts" / "fetch_models.py"), "--dest", str(MODELS),
-                        "--only", "minilm"], check=True)
+        subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "fetch_models.py"), "--dest", str(MODELS), "--only", "minilm"],
+            check=True,
+        )
     return folder
 
 
@@ -46,9 +48,16 @@ def tiny_mpnet_dir(tmp_path_factory, minilm_dir) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-mpnet")
     torch.manual_seed(0)
-    config = MPNetConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=128, max_position_embeddings=130, pad_token_id=0,
-                         relative_attention_num_buckets=32)
+    config = MPNetConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=130,
+        pad_token_id=0,
+        relative_attention_num_buckets=32,
+    )
     MPNetModel(config).save_pretrained(str(folder), safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
         shutil.copyfile(minilm_dir / name, folder / name)

@@ -1,7 +1,7 @@
 """A real uvicorn process serving the fake embedder: drain, slow-client and start-up tests without weights.
 
-    python -m tests.fake_service [--port N] [every service flag]   (env FAKE_API_*; FAKE_MODEL_DELAY_S: seconds
-    per model call)
+python -m tests.fake_service [--port N] [every service flag]   (env FAKE_API_*; FAKE_MODEL_DELAY_S: seconds
+per model call)
 """
 
 import os

@@ -31,10 +31,19 @@ CLS_ID, SEP_ID, VOCAB = 101, 102, 30_000
 
 
 class FakeEmbedder(Embedder):
-    def __init__(self, dimension: int = 8, max_tokens: int = 32, normalize_default: bool = True,
-                 delay_s: float = 0.0, load_delay_s: float = 0.0, fail_load: Exception | None = None,
-                 fail_embed: Exception | None = None, variant: str = "fake", runtime: str = "fake",
-                 model_id: str = "fake-model"):
+    def __init__(
+        self,
+        dimension: int = 8,
+        max_tokens: int = 32,
+        normalize_default: bool = True,
+        delay_s: float = 0.0,
+        load_delay_s: float = 0.0,
+        fail_load: Exception | None = None,
+        fail_embed: Exception | None = None,
+        variant: str = "fake",
+        runtime: str = "fake",
+        model_id: str = "fake-model",
+    ):
         self.dimension = dimension
         self.max_tokens = max_tokens
         self.normalize_default = normalize_default
@@ -79,14 +88,26 @@ class FakeEmbedder(Embedder):
             raise self.fail_embed
         if self.delay_s:
             time.sleep(self.delay_s)
-        return np.stack([self._vector(row) for row in ids]).astype(np.float32) if ids else (
-            np.zeros((0, self.dimension), dtype=np.float32))
+        return (
+            np.stack([self._vector(row) for row in ids]).astype(np.float32)
+            if ids
+            else (np.zeros((0, self.dimension), dtype=np.float32))
+        )
 
     def _vector(self, row: list[int]) -> np.ndarray:
         seed = zlib.crc32(np.asarray(row, dtype=np.int64).tobytes())
         return np.random.default_rng(seed).normal(size=self.dimension) * 3.0
 
     def info(self) -> dict:
-        return {"model": self.model_id, "runtime": self.runtime, "variant": self.variant, "precision": "fp32",
-                "parity": None, "dimension": self.dimension, "max_tokens": self.max_tokens, "pooling": "mean",
-                "normalize_default": self.normalize_default, "threads": self.threads}
+        return {
+            "model": self.model_id,
+            "runtime": self.runtime,
+            "variant": self.variant,
+            "precision": "fp32",
+            "parity": None,
+            "dimension": self.dimension,
+            "max_tokens": self.max_tokens,
+            "pooling": "mean",
+            "normalize_default": self.normalize_default,
+            "threads": self.threads,
+        }

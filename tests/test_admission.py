@@ -111,8 +111,7 @@ def test_admission_rejects_by_estimated_wait_and_an_empty_queue_always_admits():
         metrics = ServiceMetrics()
         model = GatedModel()
         clock = FakeClock()  # stands still: the running call's rest stays whole
-        batcher = DynamicBatcher(model, metrics, max_batch_size=4, max_wait_ms=0, max_queue_wait_ms=1000,
-                                 clock=clock)
+        batcher = DynamicBatcher(model, metrics, max_batch_size=4, max_wait_ms=0, max_queue_wait_ms=1000, clock=clock)
         batcher.throughput.observe(padded_tokens=100, real_tokens=100, seconds=1.0)  # 100 tokens/s
         batcher.start()
         model.gate.clear()
@@ -364,8 +363,9 @@ def test_too_many_requests_in_flight_get_429():
 
 
 def test_the_wait_estimate_corrects_itself_by_its_measured_error():
-    admission = Admission(FakeQueue(depth=6, queued_texts=6, queued_tokens=6), max_batch_size=1,
-                          max_queue_wait_s=30.0, clock=FakeClock())
+    admission = Admission(
+        FakeQueue(depth=6, queued_texts=6, queued_tokens=6), max_batch_size=1, max_queue_wait_s=30.0, clock=FakeClock()
+    )
     admission.throughput.observe(padded_tokens=100, real_tokens=100, seconds=1.0)  # claims 1 s per 100 tokens
     assert admission.wait_correction == 1.0
     for count in range(6):  # requests that were estimated to wait 2 s and actually waited 3 s

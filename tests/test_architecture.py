@@ -63,15 +63,23 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_packages_import_only_along_the_arrows():
-    offences = [f"{module} imports {target}" for module, targets in _graph().items() for target in targets
-                if target.split(".")[0] != module.split(".")[0]
-                and target.split(".")[0] not in ALLOWED[module.split(".")[0]]]
+    offences = [
+        f"{module} imports {target}"
+        for module, targets in _graph().items()
+        for target in targets
+        if target.split(".")[0] != module.split(".")[0] and target.split(".")[0] not in ALLOWED[module.split(".")[0]]
+    ]
     assert not offences, "\n".join(offences)
 
 
 def test_services_never_import_build_artifacts():
-    offences = [f"{m} imports {t}" for m, ts in _graph().items() if m.startswith("services") for t in ts
-                if t.startswith("build_artifacts")]
+    offences = [
+        f"{m} imports {t}"
+        for m, ts in _graph().items()
+        if m.startswith("services")
+        for t in ts
+        if t.startswith("build_artifacts")
+    ]
     assert not offences
 
 
@@ -82,7 +90,7 @@ def test_no_module_imports_one_that_imports_it_back():
     def visit(node: str, stack: list[str], done: set[str]) -> None:
         for target in sorted(graph.get(node, ())):
             if target in stack:
-                cycles.append(" -> ".join(stack[stack.index(target):] + [target]))
+                cycles.append(" -> ".join(stack[stack.index(target) :] + [target]))
             elif target not in done:
                 visit(target, stack + [target], done)
         done.add(node)
@@ -105,7 +113,8 @@ def _top_level_packages_loaded_by(imports: str) -> set[str]:
 def test_onnx_service_import_closure_holds_no_torch_and_no_build_pipeline():
     loaded = _top_level_packages_loaded_by(
         "services.onnx_api, services.onnx_api.embedder, services.common.app, services.common.serve, "
-        "runtime.manifest, runtime.onnx_runner, runtime.tokenization")
+        "runtime.manifest, runtime.onnx_runner, runtime.tokenization"
+    )
     assert not loaded & {"torch", "transformers", "build_artifacts", "benchmarks", "sentence_transformers"}
 
 
@@ -118,11 +127,22 @@ def test_service_catalog_loads_no_service_and_no_runtime():
 def test_runtime_light_modules_need_neither_torch_nor_onnxruntime():
     loaded = _top_level_packages_loaded_by(
         "runtime, runtime.manifest, runtime.pooling, runtime.similarity, runtime.tokenization, "
-        "runtime.torch_encoder, runtime.smoothquant, runtime.onnx_runner")
+        "runtime.torch_encoder, runtime.smoothquant, runtime.onnx_runner"
+    )
     assert not loaded & {"torch", "transformers", "onnxruntime"}
 
-PROJECT_ROOTS = ("runtime", "build_artifacts", "services", "benchmarks", "bulk_embed", "loadtest", "deploy", "scripts",
-                 "tests")
+
+PROJECT_ROOTS = (
+    "runtime",
+    "build_artifacts",
+    "services",
+    "benchmarks",
+    "bulk_embed",
+    "loadtest",
+    "deploy",
+    "scripts",
+    "tests",
+)
 
 
 def _module_file(module: str) -> Path | None:

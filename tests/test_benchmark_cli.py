@@ -11,16 +11,48 @@ from .conftest import REPO
 
 pytestmark = pytest.mark.slow  # real weights, every exercise, subprocesses
 
-FIELDS = {"exercise", "variant", "device", "batch_size", "seq_len", "runs", "mean_ms", "median_ms", "p95_ms",
-          "speedup", "min_cosine", "skipped"}
+FIELDS = {
+    "exercise",
+    "variant",
+    "device",
+    "batch_size",
+    "seq_len",
+    "runs",
+    "mean_ms",
+    "median_ms",
+    "p95_ms",
+    "speedup",
+    "min_cosine",
+    "skipped",
+}
 
 
 def test_benchmark_runs_every_exercise_end_to_end(minilm_dir, minilm_artifacts, tmp_path):
     out = tmp_path / "bench"
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--model", str(minilm_dir), "--artifacts", str(minilm_artifacts),
-         "--runs", "2", "--warmup", "1", "--threads", "2", "--device", "cuda", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--model",
+            str(minilm_dir),
+            "--artifacts",
+            str(minilm_artifacts),
+            "--runs",
+            "2",
+            "--warmup",
+            "1",
+            "--threads",
+            "2",
+            "--device",
+            "cuda",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -33,9 +65,20 @@ def test_benchmark_runs_every_exercise_end_to_end(minilm_dir, minilm_artifacts, 
         assert FIELDS <= set(record)
     measured = {(r["variant"], r["input"]): r for r in records if not r["skipped"]}
     # Rows that time a built artifact carry the manifest's variant names.
-    for variant in ("no_optimizations", "eval", "eval_no_grad", "eval_inference_mode", "compile_default",
-                    "torch_int8", "torch_int8_smooth", "onnx_fp32", "onnx_optimized", "onnx_fused", "onnx_int8",
-                    "onnx_int8_smooth"):
+    for variant in (
+        "no_optimizations",
+        "eval",
+        "eval_no_grad",
+        "eval_inference_mode",
+        "compile_default",
+        "torch_int8",
+        "torch_int8_smooth",
+        "onnx_fp32",
+        "onnx_optimized",
+        "onnx_fused",
+        "onnx_int8",
+        "onnx_int8_smooth",
+    ):
         for size in ("b1_short", "b32_mixed", "b1_long"):
             r = measured[(variant, size)]
             assert r["runs"] == 2 and 0 < r["median_ms"] <= r["p95_ms"] * 1.0001
@@ -57,8 +100,10 @@ def test_benchmark_runs_every_exercise_end_to_end(minilm_dir, minilm_artifacts, 
     # The run ends with the summary table of what results.json holds, one row per measured variant.
     table = summary_table(results).rstrip()
     assert result.stdout.rstrip().endswith(table)
-    assert {line.split()[1] for line in table.splitlines()[1:] if line.startswith("ex6 ")} >= {"onnx_optimized",
-                                                                                                "onnx_int8_smooth"}
+    assert {line.split()[1] for line in table.splitlines()[1:] if line.startswith("ex6 ")} >= {
+        "onnx_optimized",
+        "onnx_int8_smooth",
+    }
     # Progress lines carry an estimate of the time left.
     assert "left]" in result.stdout
 
@@ -67,11 +112,28 @@ def test_gpu_lab_script_runs_its_code_paths_on_cpu(tmp_path):
     """The GPU lab script, tried here on a tiny random MPNet before it spends a lent GPU's minutes."""
     out = tmp_path / "gpu"
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_lab", "--device", "cpu", "--tiny", "--runs", "2", "--max-tokens", "32",
-         "--sections", "placement,copy,precision",
-         "--tokenizer", str(REPO / "models" / "all-MiniLM-L6-v2" / "tokenizer.json"),
-         "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.gpu_lab",
+            "--device",
+            "cpu",
+            "--tiny",
+            "--runs",
+            "2",
+            "--max-tokens",
+            "32",
+            "--sections",
+            "placement,copy,precision",
+            "--tokenizer",
+            str(REPO / "models" / "all-MiniLM-L6-v2" / "tokenizer.json"),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -85,8 +147,13 @@ def test_gpu_lab_script_runs_its_code_paths_on_cpu(tmp_path):
 
 
 def test_gpu_lab_refuses_cuda_without_a_gpu(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "benchmarks.gpu_lab", "--tokenizer", "x", "--out", str(tmp_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_lab", "--tokenizer", "x", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "CUDA is not available" in result.stderr
 
 
@@ -98,8 +165,20 @@ def test_gpu_lab_runs_on_given_trained_weights(tiny_mpnet_dir, minilm_dir, tmp_p
     from benchmarks import gpu_lab
 
     transformer = AutoModel.from_pretrained(str(tiny_mpnet_dir), attn_implementation="eager")
-    args = gpu_lab.parse_args(["--device", "cpu", "--runs", "2", "--max-tokens", "32", "--out", str(tmp_path),
-                               "--tokenizer", str(minilm_dir / "tokenizer.json")])
+    args = gpu_lab.parse_args(
+        [
+            "--device",
+            "cpu",
+            "--runs",
+            "2",
+            "--max-tokens",
+            "32",
+            "--out",
+            str(tmp_path),
+            "--tokenizer",
+            str(minilm_dir / "tokenizer.json"),
+        ]
+    )
     lab = gpu_lab.Lab(args, transformer=transformer)
     lab.run_section("precision", lab.precision)
     assert lab.results["environment"]["weights"].startswith("trained")

@@ -95,8 +95,11 @@ def test_torch_int8_loads_with_weights_only_and_holds_dynamic_quantized_linear(m
     import torch
 
     state = torch.load(minilm_artifacts / "torch_int8" / "model_int8.pt", weights_only=True)
-    packed = {k.removesuffix("._packed_params._packed_params"): v for k, v in state.items()
-              if k.endswith("._packed_params._packed_params")}
+    packed = {
+        k.removesuffix("._packed_params._packed_params"): v
+        for k, v in state.items()
+        if k.endswith("._packed_params._packed_params")
+    }
     # Every nn.Linear is stored int8: q, k, v, attention output, FFN in, FFN out in each of the 6 layers + pooler.
     assert len(packed) == 6 * 6 + 1
     for name, (weight, bias) in packed.items():
@@ -153,8 +156,20 @@ def test_existing_out_is_refused_without_force_and_replaced_with_it(tiny_mpnet_d
 
 
 def test_refuses_to_write_into_the_model_folder(tiny_mpnet_dir):
-    result = subprocess.run([sys.executable, "-m", "build_artifacts", "--model", str(tiny_mpnet_dir),
-                             "--out", str(tiny_mpnet_dir / "artifacts")], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build_artifacts",
+            "--model",
+            str(tiny_mpnet_dir),
+            "--out",
+            str(tiny_mpnet_dir / "artifacts"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "model's own folder" in result.stderr
     assert not (tiny_mpnet_dir / "artifacts").exists()
@@ -268,8 +283,14 @@ def test_int8_recipe_falls_back_to_the_unfused_graph_when_fusion_breaks_numbers(
             node.input[:] = [f"{i}_pre_neg" if i == output else i for i in node.input]
         model.graph.node.append(helper.make_node("Neg", [f"{output}_pre_neg"], [output]))
         onnx.save(model, str(destination))
-        return {"fused_attention_blocks": 2, "op": "com.microsoft.MultiHeadAttention", "softmax_before": 2,
-                "softmax_after": 0, "nodes_before": 1, "nodes_after": 1}
+        return {
+            "fused_attention_blocks": 2,
+            "op": "com.microsoft.MultiHeadAttention",
+            "softmax_before": 2,
+            "softmax_after": 0,
+            "nodes_before": 1,
+            "nodes_after": 1,
+        }
 
     monkeypatch.setattr(attention_fusion, "fuse_file", broken_fuse_file)
     manifest = build(str(tiny_mpnet_dir), tmp_path / "out", threads=2)

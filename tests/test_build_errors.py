@@ -25,8 +25,14 @@ def _model_copy(source: Path, target: Path, skip: tuple[str, ...] = ()) -> Path:
 
 
 def _build(model: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "build_artifacts", "--model", str(model), "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ})
+    return subprocess.run(
+        [sys.executable, "-m", "build_artifacts", "--model", str(model), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ},
+    )
 
 
 def _break_config(folder: Path) -> None:
@@ -41,7 +47,7 @@ def _no_weights(folder: Path) -> None:
 def _truncated_weights(folder: Path) -> None:
     source = (folder / "model.safetensors").resolve()
     (folder / "model.safetensors").unlink()
-    (folder / "model.safetensors").write_bytes(source.read_bytes()[: 5_000_000])
+    (folder / "model.safetensors").write_bytes(source.read_bytes()[:5_000_000])
 
 
 def _no_tokenizer(folder: Path) -> None:
@@ -74,8 +80,13 @@ def test_broken_model_folder_exits_2_with_one_line_and_writes_nothing(minilm_dir
 def test_manifest_that_is_not_an_object_or_lacks_the_tokenizer_stops_the_service_with_one_line(tmp_path):
     for content in ("[]", json.dumps({"format_version": 1, "model": {}, "artifacts": {}})):
         (tmp_path / "manifest.json").write_text(content)
-        result = subprocess.run([sys.executable, "-m", "services.onnx_api", "--artifacts", str(tmp_path)], cwd=REPO,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "services.onnx_api", "--artifacts", str(tmp_path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: cannot start:") and "manifest" in lines[0], result.stderr

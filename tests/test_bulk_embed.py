@@ -26,8 +26,11 @@ from bulk_embed.cli import main as cli_main
 from .conftest import REPO
 
 CORPUS = REPO / "bulk_embed" / "data" / "python_docstrings.jsonl"
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+LOOPBACK_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+}
 
 
 def corpus_texts(n: int) -> list[dict]:
@@ -58,19 +61,27 @@ def write_inputs(folder: Path) -> dict[str, list[tuple[str, object]]]:
     folder.mkdir(parents=True)
     good = [r["text"] for r in corpus_texts(12)]
     (folder / "a.txt").write_text(f"{good[0]}\n\n{good[1]}\r\n   \n{good[2]}", encoding="utf-8")
-    (folder / "b.jsonl").write_text("\n".join([
-        json.dumps({"id": "j1", "text": good[3]}),
-        "",  # blank: not a row
-        json.dumps({"id": "j2", "text": 42}),
-        "{not json",
-        json.dumps({"id": "j3", "body": "no text field"}),
-        json.dumps({"id": 7, "text": good[4]}),
-        json.dumps([1, 2]),
-        json.dumps({"text": None, "id": "j5"}),
-    ]) + "\n", encoding="utf-8")
+    (folder / "b.jsonl").write_text(
+        "\n".join(
+            [
+                json.dumps({"id": "j1", "text": good[3]}),
+                "",  # blank: not a row
+                json.dumps({"id": "j2", "text": 42}),
+                "{not json",
+                json.dumps({"id": "j3", "body": "no text field"}),
+                json.dumps({"id": 7, "text": good[4]}),
+                json.dumps([1, 2]),
+                json.dumps({"text": None, "id": "j5"}),
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     (folder / "c.csv").write_text(
         'id,text,extra\nc1,"' + good[5].replace('"', '""') + '",x\n'
-        'c2,"two lines,\nwith a ""quote"" and a comma",y\n\nc3,,z\nc4\n', encoding="utf-8")
+        'c2,"two lines,\nwith a ""quote"" and a comma",y\n\nc3,,z\nc4\n',
+        encoding="utf-8",
+    )
     (folder / "sub").mkdir()
     (folder / "sub" / "d.tsv").write_text(f"text\tid\n{good[6]}\tt1\n", encoding="utf-8")
     table = pa.table({"id": [10, 11, 12, 13], "text": [good[7], "", None, good[8]]})
@@ -78,12 +89,28 @@ def write_inputs(folder: Path) -> dict[str, list[tuple[str, object]]]:
     (folder / "notes.md").write_text("not an input")  # skipped: unsupported extension
     (folder / "_skip.txt").write_text("skipped: _ prefix\n")
     return {
-        "a.txt": [("a.txt:0", good[0]), ("a.txt:1", "empty"), ("a.txt:2", good[1]), ("a.txt:3", "empty"),
-                  ("a.txt:4", good[2])],
-        "b.jsonl": [("j1", good[3]), ("j2", "not_text"), ("b.jsonl:3", "invalid_json"), ("j3", "missing_column"),
-                    ("7", good[4]), ("b.jsonl:6", "not_an_object"), ("j5", "not_text")],
-        "c.csv": [("c1", good[5]), ("c2", 'two lines,\nwith a "quote" and a comma'), ("c3", "empty"),
-                  ("c4", "missing_column")],
+        "a.txt": [
+            ("a.txt:0", good[0]),
+            ("a.txt:1", "empty"),
+            ("a.txt:2", good[1]),
+            ("a.txt:3", "empty"),
+            ("a.txt:4", good[2]),
+        ],
+        "b.jsonl": [
+            ("j1", good[3]),
+            ("j2", "not_text"),
+            ("b.jsonl:3", "invalid_json"),
+            ("j3", "missing_column"),
+            ("7", good[4]),
+            ("b.jsonl:6", "not_an_object"),
+            ("j5", "not_text"),
+        ],
+        "c.csv": [
+            ("c1", good[5]),
+            ("c2", 'two lines,\nwith a "quote" and a comma'),
+            ("c3", "empty"),
+            ("c4", "missing_column"),
+        ],
         "sub/d.tsv": [("t1", good[6])],
         "e.parquet": [("10", good[7]), ("11", "empty"), ("12", "not_text"), ("13", good[8])],
     }
@@ -108,8 +135,13 @@ def test_plan_and_read_every_format_row_by_row(tmp_path):
         assert len(rows) == part.rows <= 2
         for row in rows:
             key = str(row.id) if row.id is not None else f"{part.source}:{row.row}"
-            value = row.error or (row.value if isinstance(row.value, str) and row.value.strip() else
-                                  "empty" if isinstance(row.value, str) else "not_text")
+            value = row.error or (
+                row.value
+                if isinstance(row.value, str) and row.value.strip()
+                else "empty"
+                if isinstance(row.value, str)
+                else "not_text"
+            )
             got.setdefault(part.source, []).append((key, value))
     assert got == expected
 
@@ -120,15 +152,22 @@ def test_csv_splits_at_the_records_the_csv_reader_sees(tmp_path):
     path.write_bytes('\ufefftext,id\r\n"a\r\nb",1\r\n"c ""d""\n\ne",2\r\n\r\n5" screen,3\r\nf,4'.encode())
     parts = inputs.plan(inputs.discover(path), rows_per_part=1, text_column="text")
     assert [[(r.id, r.value) for r in inputs.read_part(p, "text", "id")] for p in parts] == [
-        [("1", "a\r\nb")], [("2", 'c "d"\n\ne')], [("3", '5" screen')], [("4", "f")]]
+        [("1", "a\r\nb")],
+        [("2", 'c "d"\n\ne')],
+        [("3", '5" screen')],
+        [("4", "f")],
+    ]
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("x.csv", "body,id\nhello,1\n", "no column 'text'"),
-    ("x.jsonl", '{"body": "hello"}\n', "no 'text' field"),
-    ("x.xml", "<a/>", "unsupported file type"),
-    ("x.parquet", "not parquet", "not a readable Parquet file"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("x.csv", "body,id\nhello,1\n", "no column 'text'"),
+        ("x.jsonl", '{"body": "hello"}\n', "no 'text' field"),
+        ("x.xml", "<a/>", "unsupported file type"),
+        ("x.parquet", "not parquet", "not a readable Parquet file"),
+    ],
+)
 def test_input_errors_name_the_problem(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
     with pytest.raises(inputs.InputError, match=message):
@@ -162,8 +201,10 @@ def test_bulk_embed_runs_the_onnx_services_variants():
 
 
 def test_worker_import_closure_has_no_torch_and_no_services():
-    code = ("import json, sys\nimport bulk_embed.cli, bulk_embed.job, bulk_embed.worker, bulk_embed.encoder\n"
-            "print(json.dumps(sorted(sys.modules)))\n")
+    code = (
+        "import json, sys\nimport bulk_embed.cli, bulk_embed.job, bulk_embed.worker, bulk_embed.encoder\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     loaded = {name.split(".")[0] for name in json.loads(result.stdout)}
@@ -184,31 +225,56 @@ def fake_artifacts(tmp_path) -> Path:
         return {"path": rel, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
     def record(rel, min_cos):
-        return {"runtime": "onnx", "precision": "x", "path": rel, "bytes": 1, "files": [entry(rel)],
-                "parity": {"min_cosine": min_cos, "mean_cosine": min_cos, "texts": 42, "threshold": 0.99,
-                           "passes_parity": min_cos >= 0.99}}
+        return {
+            "runtime": "onnx",
+            "precision": "x",
+            "path": rel,
+            "bytes": 1,
+            "files": [entry(rel)],
+            "parity": {
+                "min_cosine": min_cos,
+                "mean_cosine": min_cos,
+                "texts": 42,
+                "threshold": 0.99,
+                "passes_parity": min_cos >= 0.99,
+            },
+        }
 
-    manifest = {"format_version": 1, "created_at": "now",
-                "model": {"source": "fake", "dimension": 4, "pooling": "mean", "normalize": True,
-                          "max_seq_length": 16},
-                "tokenizer": {"path": "tokenizer.json", "files": [entry("tokenizer.json")]},
-                "artifacts": {"onnx_int8": record("onnx/model.int8.onnx", 0.5),
-                              "onnx_optimized": record("onnx/model.optimized.onnx", 1.0)}}
+    manifest = {
+        "format_version": 1,
+        "created_at": "now",
+        "model": {"source": "fake", "dimension": 4, "pooling": "mean", "normalize": True, "max_seq_length": 16},
+        "tokenizer": {"path": "tokenizer.json", "files": [entry("tokenizer.json")]},
+        "artifacts": {
+            "onnx_int8": record("onnx/model.int8.onnx", 0.5),
+            "onnx_optimized": record("onnx/model.optimized.onnx", 1.0),
+        },
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--variant", "onnx_int8"], "--variant onnx_int8: Variant 'onnx_int8' cannot be served here: "),
-    (["--variant", "torch_int8"], "--variant torch_int8: Variant 'torch_int8' is not served by bulk_embed"),
-    (["--variant", "onnx_fused"], "--variant onnx_fused: Variant 'onnx_fused' cannot be served here: not built"),
-    (["--text-column", "body"], "no column 'body' in the header"),
-    (["--input", "MISSING"], "no such file or folder"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--variant", "onnx_int8"], "--variant onnx_int8: Variant 'onnx_int8' cannot be served here: "),
+        (["--variant", "torch_int8"], "--variant torch_int8: Variant 'torch_int8' is not served by bulk_embed"),
+        (["--variant", "onnx_fused"], "--variant onnx_fused: Variant 'onnx_fused' cannot be served here: not built"),
+        (["--text-column", "body"], "no column 'body' in the header"),
+        (["--input", "MISSING"], "no such file or folder"),
+    ],
+)
 def test_cli_usage_errors_exit_2_with_one_line(tmp_path, fake_artifacts, capsys, extra, message):
     (tmp_path / "in.csv").write_text("id,text\n1,hello\n")
-    argv = ["--artifacts", str(fake_artifacts), "--input", str(tmp_path / "in.csv"), "--output",
-            str(tmp_path / "out"), *extra]
+    argv = [
+        "--artifacts",
+        str(fake_artifacts),
+        "--input",
+        str(tmp_path / "in.csv"),
+        "--output",
+        str(tmp_path / "out"),
+        *extra,
+    ]
     if "MISSING" in extra:
         argv[argv.index("MISSING")] = str(tmp_path / "missing")
     assert cli_main(argv) == 2
@@ -222,11 +288,22 @@ def test_cli_refuses_an_existing_job_without_resume_and_changed_options_with_it(
     base = ["--artifacts", str(fake_artifacts), "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out")]
     out = tmp_path / "out"
     files = inputs.discover(tmp_path / "in.csv")
-    job_options = {"artifacts": str(fake_artifacts.resolve()), "model": "fake", "variant": "onnx_optimized",
-                   "manifest_created_at": "now", "text_column": "text", "id_column": "id", "rows_per_part": 500,
-                   "truncate": True, "keep_text": True}
-    output.prepare(out, {"format": 1, "inputs": [f.to_dict() for f in files], "options": job_options,
-                         "parts": 1, "rows": 1}, resume=False)
+    job_options = {
+        "artifacts": str(fake_artifacts.resolve()),
+        "model": "fake",
+        "variant": "onnx_optimized",
+        "manifest_created_at": "now",
+        "text_column": "text",
+        "id_column": "id",
+        "rows_per_part": 500,
+        "truncate": True,
+        "keep_text": True,
+    }
+    output.prepare(
+        out,
+        {"format": 1, "inputs": [f.to_dict() for f in files], "options": job_options, "parts": 1, "rows": 1},
+        resume=False,
+    )
     assert cli_main(base) == 2
     assert "pass --resume" in capsys.readouterr().err
     assert cli_main([*base, "--resume", "--no-truncate"]) == 2
@@ -237,8 +314,14 @@ def test_cli_refuses_an_existing_job_without_resume_and_changed_options_with_it(
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bulk_embed", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **LOOPBACK_ENV})
+    return subprocess.run(
+        [sys.executable, "-m", "bulk_embed", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **LOOPBACK_ENV},
+    )
 
 
 def session_processes(sid: int) -> list[str]:
@@ -253,11 +336,32 @@ def test_killed_job_resumes_and_writes_every_row_exactly_once(tmp_path, minilm_a
     src = tmp_path / "corpus.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "out"
-    args = ["--artifacts", str(minilm_artifacts), "--input", str(src), "--output", str(out), "--rows-per-part", "25",
-            "--workers", "1", "--threads-per-worker", "1", "--batch-size", "8", "--no-progress"]
+    args = [
+        "--artifacts",
+        str(minilm_artifacts),
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--rows-per-part",
+        "25",
+        "--workers",
+        "1",
+        "--threads-per-worker",
+        "1",
+        "--batch-size",
+        "8",
+        "--no-progress",
+    ]
     log = (tmp_path / "killed.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "bulk_embed", *args], cwd=REPO,
-                               env={**os.environ, **LOOPBACK_ENV}, stdout=log, stderr=log, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bulk_embed", *args],
+        cwd=REPO,
+        env={**os.environ, **LOOPBACK_ENV},
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while len(output.done_parts(out)) < 3 if out.exists() else True:
@@ -369,11 +473,19 @@ def test_every_format_in_a_folder_and_bad_rows_go_to_rejects(tmp_path, minilm_ar
                 assert rejects[row_id]["reason"] == value and row_id not in embedded
             else:
                 assert embedded[row_id] == value and row_id not in rejects
-    assert len(got["id"]) + len(rejects) == sum(len(rows) for rows in expected.values()) == \
-        summary["output_totals"]["rows_in"]
+    assert (
+        len(got["id"]) + len(rejects)
+        == sum(len(rows) for rows in expected.values())
+        == summary["output_totals"]["rows_in"]
+    )
     assert got["n_tokens"][got["id"].index("f.txt:0")] == 256  # truncated at the model's maximum
-    assert summary["this_run"]["reject_reasons"] == {"empty": 4, "not_text": 3, "invalid_json": 1,
-                                                     "missing_column": 2, "not_an_object": 1}
+    assert summary["this_run"]["reject_reasons"] == {
+        "empty": 4,
+        "not_text": 3,
+        "invalid_json": 1,
+        "missing_column": 2,
+        "not_an_object": 1,
+    }
 
     summary, out = run_job(tmp_path, minilm_artifacts, tmp_path / "in" / "f.txt", "strict", truncate=False)
     assert read_rejects(out)[0]["reason"] == "too_long" and "tokens > 256" in read_rejects(out)[0]["detail"]
@@ -410,8 +522,21 @@ def test_the_same_command_runs_on_a_running_cluster(tmp_path, minilm_artifacts, 
     src = tmp_path / "c.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in corpus_texts(150)))
     address = local_ray.get_runtime_context().gcs_address
-    result = run_cli("--artifacts", str(minilm_artifacts), "--input", str(src), "--output", str(tmp_path / "out"),
-                     "--ray-address", address, "--rows-per-part", "50", "--no-progress", "--no-text", timeout=240)
+    result = run_cli(
+        "--artifacts",
+        str(minilm_artifacts),
+        "--input",
+        str(src),
+        "--output",
+        str(tmp_path / "out"),
+        "--ray-address",
+        address,
+        "--rows-per-part",
+        "50",
+        "--no-progress",
+        "--no-text",
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "150 texts embedded" in result.stdout
     assert read_output(tmp_path / "out")["table"].column_names == ["id", "n_tokens", "embedding"]
@@ -424,8 +549,17 @@ def test_a_variant_that_fails_parity_is_refused(tmp_path, minilm_artifacts):
     manifest = json.loads((artifacts / "manifest.json").read_text())
     manifest["artifacts"]["onnx_int8"]["parity"].update(min_cosine=0.8, passes_parity=False)
     (artifacts / "manifest.json").write_text(json.dumps(manifest))
-    result = run_cli("--artifacts", str(artifacts), "--input", str(CORPUS), "--output", str(tmp_path / "out"),
-                     "--variant", "onnx_int8", timeout=120)
+    result = run_cli(
+        "--artifacts",
+        str(artifacts),
+        "--input",
+        str(CORPUS),
+        "--output",
+        str(tmp_path / "out"),
+        "--variant",
+        "onnx_int8",
+        timeout=120,
+    )
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: --variant onnx_int8: ") and "fails the gate (min cosine 0.8000 < 0.99" in line

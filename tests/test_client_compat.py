@@ -73,6 +73,7 @@ def raw_vector(client, text: str) -> np.ndarray:
 
 # --- OpenAI surface ---------------------------------------------------------------------------------------
 
+
 def test_models_lists_the_served_model_under_its_served_name(client):
     listing = client.get("/v1/models").json()
     assert listing["object"] == "list" and [m["id"] for m in listing["data"]] == ["my-embedder"]
@@ -93,8 +94,9 @@ def test_a_hub_style_name_with_a_slash_is_found(make_client):
 def test_dimensions_truncates_then_normalizes_on_both_routes(client, encoding_format):
     full = raw_vector(client, TEXT)
     expected = unit(full[:3])  # truncate first, THEN normalize
-    answer = client.post("/v1/embeddings", json={"input": [TEXT], "dimensions": 3,
-                                                 "encoding_format": encoding_format}).json()
+    answer = client.post(
+        "/v1/embeddings", json={"input": [TEXT], "dimensions": 3, "encoding_format": encoding_format}
+    ).json()
     got = answer["data"][0]["embedding"]
     if encoding_format == "base64":
         got = np.frombuffer(base64.b64decode(got), dtype="<f4")
@@ -159,10 +161,12 @@ def test_a_429_carries_both_retry_headers_in_openais_shape():
 
     app = create_app(ServiceSettings(max_concurrent_requests=1), FakeEmbedder(delay_s=0.5))
     with serving(app) as base:
+
         async def burst():
             async with httpx.AsyncClient(timeout=30) as http:
-                return await asyncio.gather(*(http.post(f"{base}/v1/embeddings", json={"input": f"t {i}"})
-                                              for i in range(6)))
+                return await asyncio.gather(
+                    *(http.post(f"{base}/v1/embeddings", json={"input": f"t {i}"}) for i in range(6))
+                )
 
         responses = asyncio.run(burst())
         rejected = [r for r in responses if r.status_code == 429]
@@ -174,8 +178,10 @@ def test_a_429_carries_both_retry_headers_in_openais_shape():
             assert response.json()["error"]["type"] == "rate_limit_error"
         # The openai client reads that shape into its exception
         client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
-        threads = [threading.Thread(target=lambda: httpx.post(f"{base}/v1/embeddings", json={"input": "slow"},
-                                                              timeout=30)) for _ in range(2)]
+        threads = [
+            threading.Thread(target=lambda: httpx.post(f"{base}/v1/embeddings", json={"input": "slow"}, timeout=30))
+            for _ in range(2)
+        ]
         for thread in threads:
             thread.start()
         time.sleep(0.2)  # both slow requests are in flight now (the model takes 0.5 s)
@@ -187,6 +193,7 @@ def test_a_429_carries_both_retry_headers_in_openais_shape():
 
 
 # --- token-id inputs ---------------------------------------------------------------------------------------
+
 
 def cl100k():
     return token_ids_module.load_cl100k_base()
@@ -261,6 +268,7 @@ def test_an_empty_text_gets_the_empty_texts_vector_on_the_openai_route_as_langch
 
 # --- TEI surface -------------------------------------------------------------------------------------------
 
+
 def test_tokenize_answers_teis_shape(client):
     rows = client.post("/tokenize", json={"inputs": ["hello big world", "x"]}).json()
     assert rows[0][0] == {"id": 101, "text": "[CLS]", "special": True, "start": None, "stop": None}
@@ -315,8 +323,11 @@ def test_prompt_name_and_the_default_prompt(make_client):
     unknown = client.post("/embed", json={"inputs": "hello", "prompt_name": "nope"})
     assert unknown.status_code == 400 and "query" in unknown.json()["error"]
     defaulted = make_client(embedder, default_prompt_name="passage")
-    np.testing.assert_allclose(defaulted.post("/embed", json={"inputs": "hello"}).json(),
-                               client.post("/embed", json={"inputs": "passage: hello"}).json(), atol=1e-6)
+    np.testing.assert_allclose(
+        defaulted.post("/embed", json={"inputs": "hello"}).json(),
+        client.post("/embed", json={"inputs": "passage: hello"}).json(),
+        atol=1e-6,
+    )
     openai = defaulted.post("/v1/embeddings", json={"input": "hello"}).json()["data"][0]["embedding"]
     np.testing.assert_allclose([openai], client.post("/embed", json={"inputs": "passage: hello"}).json(), atol=1e-6)
     model_default = make_client(VocabFakeEmbedder(default_prompt_name="query"))
@@ -341,9 +352,13 @@ def test_embed_truncate_defaults_to_the_auto_truncate_setting(make_client, auto_
 
 def test_new_routes_sit_behind_api_keys_and_admission(make_client):
     client = make_client(api_keys="secret")
-    for method, path, body in (("POST", "/tokenize", {"inputs": "x"}), ("POST", "/decode", {"ids": [1]}),
-                               ("POST", "/", {"inputs": "x"}), ("GET", "/v1/models", None),
-                               ("GET", "/v1/models/fake-model", None)):
+    for method, path, body in (
+        ("POST", "/tokenize", {"inputs": "x"}),
+        ("POST", "/decode", {"ids": [1]}),
+        ("POST", "/", {"inputs": "x"}),
+        ("GET", "/v1/models", None),
+        ("GET", "/v1/models/fake-model", None),
+    ):
         denied = client.request(method, path, json=body)
         assert denied.status_code == 401, path
         if path.startswith("/v1/"):
@@ -370,8 +385,11 @@ def test_new_routes_are_counted_in_metrics(client):
 # --- fuzzing the new fields ----------------------------------------------------------------------------------
 
 odd = st.text(max_size=20) | st.sampled_from(["\ud800", "LEFT", "Right", "", " ", "query"])
-values = st.recursive(st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70) | odd,
-                      lambda children: st.lists(children, max_size=5), max_leaves=12)
+values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | odd,
+    lambda children: st.lists(children, max_size=5),
+    max_leaves=12,
+)
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -382,26 +400,34 @@ def _no_5xx(response) -> None:
 
 
 @FUZZ
-@given(body=st.fixed_dictionaries({"inputs": odd | st.lists(odd, max_size=4)},
-                                  optional={"truncation_direction": values, "prompt_name": values,
-                                            "dimensions": values, "truncate": values}))
+@given(
+    body=st.fixed_dictionaries(
+        {"inputs": odd | st.lists(odd, max_size=4)},
+        optional={"truncation_direction": values, "prompt_name": values, "dimensions": values, "truncate": values},
+    )
+)
 def test_embed_new_fields_never_answer_5xx(client, body):
     for path in ("/embed", "/"):
         _no_5xx(client.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"}))
 
 
 @FUZZ
-@given(body=st.fixed_dictionaries({"inputs": values}, optional={"add_special_tokens": values, "prompt_name": values}),
-       ids=values)
+@given(
+    body=st.fixed_dictionaries({"inputs": values}, optional={"add_special_tokens": values, "prompt_name": values}),
+    ids=values,
+)
 def test_tokenize_and_decode_never_answer_5xx(client, body, ids):
     _no_5xx(client.post("/tokenize", content=json.dumps(body).encode(), headers={"content-type": "application/json"}))
-    _no_5xx(client.post("/decode", content=json.dumps({"ids": ids}).encode(),
-                        headers={"content-type": "application/json"}))
+    _no_5xx(
+        client.post("/decode", content=json.dumps({"ids": ids}).encode(), headers={"content-type": "application/json"})
+    )
 
 
 @FUZZ
-@given(ids=st.lists(st.integers(min_value=-5, max_value=200_000), max_size=8)
-       | st.lists(st.lists(st.integers(min_value=-5, max_value=200_000), max_size=5), max_size=4))
+@given(
+    ids=st.lists(st.integers(min_value=-5, max_value=200_000), max_size=8)
+    | st.lists(st.lists(st.integers(min_value=-5, max_value=200_000), max_size=5), max_size=4)
+)
 def test_token_id_inputs_never_answer_5xx(client, ids):
     _no_5xx(client.post("/v1/embeddings", json={"input": ids}))
 
@@ -422,8 +448,11 @@ def test_a_request_continues_the_incoming_trace_with_tokenize_queue_and_inferenc
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     client = make_client(tracer_provider=provider)
     exporter.clear()
-    response = client.post("/v1/embeddings", json={"input": ["one", "two three"]},
-                           headers={"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN}-01"})
+    response = client.post(
+        "/v1/embeddings",
+        json={"input": ["one", "two three"]},
+        headers={"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN}-01"},
+    )
     assert response.status_code == 200
     spans = {span.name: span for span in exporter.get_finished_spans()}
     server = spans["POST /v1/embeddings"]
@@ -464,12 +493,19 @@ def test_spans_reach_a_real_otlp_http_receiver():
     _Collector.received.clear()
     try:
         endpoint = f"http://127.0.0.1:{receiver.server_address[1]}"
-        app = create_app(ServiceSettings(otlp_endpoint=endpoint, otlp_service_name="test-embedder"),
-                         VocabFakeEmbedder())
+        app = create_app(
+            ServiceSettings(otlp_endpoint=endpoint, otlp_service_name="test-embedder"), VocabFakeEmbedder()
+        )
         with TestClient(app) as client:  # leaving it shuts the provider down, which flushes the batch
             wait_ready(client)
-            assert client.post("/v1/embeddings", json={"input": "hello"},
-                               headers={"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN}-01"}).status_code == 200
+            assert (
+                client.post(
+                    "/v1/embeddings",
+                    json={"input": "hello"},
+                    headers={"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN}-01"},
+                ).status_code
+                == 200
+            )
     finally:
         receiver.shutdown()
     assert _Collector.received and all(path == "/v1/traces" for path, _ in _Collector.received)
@@ -490,12 +526,20 @@ def test_json_log_lines():
     record = logging.LogRecord("embedding_service", logging.INFO, __file__, 1, "served %d texts", (3,), None)
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "served 3 texts" and entry["level"] == "INFO" and entry["timestamp"].endswith("Z")
-    access = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
-                               ("127.0.0.1:5000", "POST", "/embed", "1.1", 200), None)
+    access = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "POST", "/embed", "1.1", 200),
+        None,
+    )
     assert json.loads(JsonFormatter().format(access))["status"] == 200
 
 
 # --- the real client libraries against a real server -------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def real_server():
@@ -539,8 +583,9 @@ def test_langchain_openai_embeddings_with_its_defaults(real_server, tmp_path, mo
     documents = [TEXT, "Paris is the capital of France", "emoji 🍕 and accents héllo"]
     expected = embed_reference(real_server, documents)
     sent = []
-    defaults = OpenAIEmbeddings(base_url=f"{real_server}/v1", api_key="unused",
-                                http_client=httpx.Client(event_hooks={"request": [sent.append]}))
+    defaults = OpenAIEmbeddings(
+        base_url=f"{real_server}/v1", api_key="unused", http_client=httpx.Client(event_hooks={"request": [sent.append]})
+    )
     vectors = np.asarray(defaults.embed_documents(documents))
     assert json.loads(sent[0].content)["input"][0][0] == 1820  # cl100k_base id of "the": ids went over the wire
     cosines = (vectors * expected).sum(axis=1) / np.linalg.norm(vectors, axis=1)
@@ -575,8 +620,9 @@ def test_huggingface_hub_inference_client_posts_to_the_root(real_server):
     vectors = client.feature_extraction(TEXT)
     np.testing.assert_allclose(np.asarray(vectors).reshape(1, -1), embed_reference(real_server, [TEXT]), atol=1e-6)
     prompted = client.feature_extraction("hello", prompt_name="query", truncation_direction="left")
-    np.testing.assert_allclose(np.asarray(prompted).reshape(1, -1), embed_reference(real_server, ["query: hello"]),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(prompted).reshape(1, -1), embed_reference(real_server, ["query: hello"]), atol=1e-6
+    )
 
 
 def test_a_real_process_with_json_logs_and_a_served_model_name():

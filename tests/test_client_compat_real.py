@@ -91,7 +91,7 @@ def test_tokenize_offsets_and_decode_on_the_real_tokenizer(base):
     for text, row in zip(DOCUMENTS, rows, strict=False):
         assert row[0]["special"] and row[0]["text"] == "[CLS]" and row[-1]["text"] == "[SEP]"
         for token in row[1:-1]:
-            assert text[token["start"]:token["stop"]] == token["text"], token
+            assert text[token["start"] : token["stop"]] == token["text"], token
     decoded = httpx.post(f"{base}/decode", json={"ids": [[t["id"] for t in rows[0]]]}).json()
     assert decoded == [DOCUMENTS[0].lower()]  # an uncased WordPiece vocabulary
     bad = httpx.post(f"{base}/decode", json={"ids": [10**6]})

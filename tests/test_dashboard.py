@@ -54,17 +54,27 @@ def test_every_metric_the_dashboard_queries_is_exported():
 
 def test_the_dashboard_covers_what_operators_ask_for():
     queries = "\n".join(dashboard_queries())
-    for needed in ("embed_texts_total", "embed_admitted_total", "embed_rejected_total",
-                   "embed_estimated_queue_wait_seconds", "embed_queue_time_seconds_bucket",
-                   "embed_model_seconds_total", "embed_batch_size_bucket", "histogram_quantile(0.95",
-                   "histogram_quantile(0.5"):
+    for needed in (
+        "embed_texts_total",
+        "embed_admitted_total",
+        "embed_rejected_total",
+        "embed_estimated_queue_wait_seconds",
+        "embed_queue_time_seconds_bucket",
+        "embed_model_seconds_total",
+        "embed_batch_size_bucket",
+        "histogram_quantile(0.95",
+        "histogram_quantile(0.5",
+    ):
         assert needed in queries, needed
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_overlay_ships_the_dashboard_as_a_configmap(overlay):
-    maps = [o for o in objects(render(K8S / "overlays" / overlay))
-            if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "embedding-service-dashboard"]
+    maps = [
+        o
+        for o in objects(render(K8S / "overlays" / overlay))
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "embedding-service-dashboard"
+    ]
     assert len(maps) == 1
     assert maps[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(maps[0]["data"]["embedding-service.json"]) == json.loads(DASHBOARD.read_text())

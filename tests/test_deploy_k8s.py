@@ -53,8 +53,12 @@ def validate(manifest: str, tmp_path: Path, version: str) -> tuple[bool, str]:
     """
     path = tmp_path / f"rendered-{version}.yaml"
     path.write_text(manifest)
-    result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet",
-                             "-k", version, str(path)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet", "-k", version, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = result.stdout + result.stderr
     return result.returncode == 0 and "WARN" not in output, output
 
@@ -82,8 +86,16 @@ def test_overlay_passes_strict_schema_validation(overlay, tmp_path, version):
     passed, output = validate(manifest, tmp_path, version)
     assert passed, f"{name} against {version}:\n{output}"
     kinds = {d["kind"] for d in objects(manifest)}
-    assert {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "Job",
-            "PersistentVolumeClaim", "ConfigMap", "Namespace"} <= kinds
+    assert {
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "Job",
+        "PersistentVolumeClaim",
+        "ConfigMap",
+        "Namespace",
+    } <= kinds
 
 
 @pytest.mark.parametrize(
@@ -108,12 +120,21 @@ def test_validation_rejects_a_broken_manifest(tmp_path, what, damage):
 
 def test_a_broken_overlay_fails_to_render(tmp_path):
     """A patch whose target moved must stop the render, not silently patch nothing."""
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(K8S / "base", tmp_path)],
-        "patches": [{"target": {"kind": "Job", "name": "embedding-artifacts"},
-                     "patch": "- op: test\n  path: /spec/template/spec/containers/0/args/0\n  value: --nope\n"}],
-    }))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(K8S / "base", tmp_path)],
+                "patches": [
+                    {
+                        "target": {"kind": "Job", "name": "embedding-artifacts"},
+                        "patch": "- op: test\n  path: /spec/template/spec/containers/0/args/0\n  value: --nope\n",
+                    }
+                ],
+            }
+        )
+    )
     completed = subprocess.run(kustomize_command(tmp_path), capture_output=True, text=True, timeout=60)
     assert completed.returncode != 0
 
@@ -219,15 +240,20 @@ def test_manifest_settings_exist_in_the_service():
             container = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == app)
             for var in container["env"]:
                 if var["name"].startswith(PREFIX[app]):
-                    assert var["name"][len(PREFIX[app]):].lower() in fields[app], (overlay_name, app, var["name"])
+                    assert var["name"][len(PREFIX[app]) :].lower() in fields[app], (overlay_name, app, var["name"])
 
 
 def test_keda_component_replaces_the_hpas(tmp_path):
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(K8S / "overlays" / "cpu-small", tmp_path)],
-        "components": [os.path.relpath(K8S / "components" / "keda", tmp_path)],
-    }))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(K8S / "overlays" / "cpu-small", tmp_path)],
+                "components": [os.path.relpath(K8S / "components" / "keda", tmp_path)],
+            }
+        )
+    )
     docs = objects(render(tmp_path))
     assert not by_kind(docs, "HorizontalPodAutoscaler"), "two autoscalers would fight over a Deployment"
     scaled = by_kind(docs, "ScaledObject")

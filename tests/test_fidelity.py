@@ -89,8 +89,10 @@ def test_low_cosine_fails_even_when_neighbours_hold():
 
 def test_the_gate_verdict_is_decided_in_one_place():
     assert gate_failures(0.995, 0.97) == [] and gate_failures(0.995) == []  # top-10 unknown: cosine alone
-    assert gate_failures(0.98, 0.90) == [f"min cosine 0.9800 < {PARITY_MIN_COSINE}",
-                                         f"top-10 agreement 0.900 < {MIN_TOP10_AGREEMENT}"]
+    assert gate_failures(0.98, 0.90) == [
+        f"min cosine 0.9800 < {PARITY_MIN_COSINE}",
+        f"top-10 agreement 0.900 < {MIN_TOP10_AGREEMENT}",
+    ]
     assert gate_failures(0.995, 0.90, min_top10=None) == [] and gate_failures(0.95, threshold=0.9) == []
     report = fidelity_report(_perturbed(_clustered(), 0.995), _clustered(), parity_rows=400)
     parity = Parity.from_dict(report)
@@ -179,9 +181,12 @@ def test_outlier_channel_count_is_chosen_on_calibration_texts(tiny_mpnet_dir, tm
     from build_artifacts.recipe import DEFAULT_RECIPE
 
     keep = r"layer\.0/output/dense/"
-    manifest = build(str(tiny_mpnet_dir), tmp_path / "out", threads=2,
-                     recipe=replace(DEFAULT_RECIPE, onnx_outlier_channel_candidates=(4, 16),
-                                    onnx_keep_fp32_patterns=(keep,)))
+    manifest = build(
+        str(tiny_mpnet_dir),
+        tmp_path / "out",
+        threads=2,
+        recipe=replace(DEFAULT_RECIPE, onnx_outlier_channel_candidates=(4, 16), onnx_keep_fp32_patterns=(keep,)),
+    )
     recipe = manifest.artifacts["onnx_int8_smooth"].recipe
     tried = recipe["outlier_channels_tried_on_calibration_texts"]
     assert set(tried) == {"4", "16"} and recipe["outlier_channels"] in (4, 16)

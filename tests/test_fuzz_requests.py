@@ -21,18 +21,21 @@ from .fakes import FakeEmbedder
 
 # Text that reaches the tokenizer in odd shapes: surrogates, NUL, zero-width and bidi marks, combining marks.
 odd_text = st.text(alphabet=st.characters(codec=None, categories=None), max_size=40) | st.sampled_from(
-    ["\ud800", "\udfff tail", "\u0000", "\u200b\u200b", "\u202e", "e\u0301", " ", "\t\n", "\ufeff", "x" * 5000])
+    ["\ud800", "\udfff tail", "\u0000", "\u200b\u200b", "\u202e", "e\u0301", " ", "\t\n", "\ufeff", "x" * 5000]
+)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | odd_text,
     lambda children: st.lists(children, max_size=6) | st.dictionaries(odd_text, children, max_size=4),
     max_leaves=20,
 )
 texts = odd_text | st.lists(odd_text, max_size=10)
-embed_bodies = st.fixed_dictionaries({"inputs": texts | json_values},
-                                     optional={"normalize": json_values, "truncate": json_values, "extra": json_values})
-openai_bodies = st.fixed_dictionaries({"input": texts | json_values},
-                                      optional={"model": json_values, "encoding_format": json_values,
-                                                "dimensions": json_values, "user": json_values})
+embed_bodies = st.fixed_dictionaries(
+    {"inputs": texts | json_values}, optional={"normalize": json_values, "truncate": json_values, "extra": json_values}
+)
+openai_bodies = st.fixed_dictionaries(
+    {"input": texts | json_values},
+    optional={"model": json_values, "encoding_format": json_values, "dimensions": json_values, "user": json_values},
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +85,11 @@ def test_raw_bytes_never_answer_5xx(client, raw, content_type):
 
 def test_a_lone_surrogate_in_the_model_name_is_a_400_not_a_500(client):
     """Found by the fuzzer: the OpenAI answer echoes `model`, and a lone surrogate cannot be written as JSON."""
-    response = client.post("/v1/embeddings", content=json.dumps({"input": "0", "model": "\ud800"}).encode(),
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/embeddings",
+        content=json.dumps({"input": "0", "model": "\ud800"}).encode(),
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 400 and response.json()["error_type"] == "invalid_text", response.text
     ok = client.post("/v1/embeddings", json={"input": "0", "model": "any-name"})
     assert ok.status_code == 200 and ok.json()["model"] == "any-name"

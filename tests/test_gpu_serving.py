@@ -28,8 +28,12 @@ from services.torch_api.embedder import TorchEmbedder, TorchSettings
 
 from .conftest import REPO
 
-TEXTS = ["Hi.", "Dinner is ready.", "Paris is the capital and most populous city of France, on the Seine.",
-         "How do I reset my password if I no longer have access to the email address on my account? " * 4]
+TEXTS = [
+    "Hi.",
+    "Dinner is ready.",
+    "Paris is the capital and most populous city of France, on the Seine.",
+    "How do I reset my password if I no longer have access to the email address on my account? " * 4,
+]
 
 
 def _cuda_available() -> bool:
@@ -100,7 +104,10 @@ def test_torch_device_defaults(monkeypatch):
     assert cpu.max_batch_tokens == 16384
     gpu = TorchSettings(device="cuda")
     assert (gpu.resolved_dtype, gpu.resolved_compile_mode, gpu.resolved_seq_buckets) == (
-        "fp16", "reduce-overhead", "default")
+        "fp16",
+        "reduce-overhead",
+        "default",
+    )
     assert gpu.max_batch_tokens == GPU_MAX_BATCH_TOKENS and gpu.max_batch_size == 128
     monkeypatch.setenv("TORCH_API_DEVICE", "cuda")
     monkeypatch.setenv("TORCH_API_MAX_BATCH_TOKENS", "4096")
@@ -109,10 +116,16 @@ def test_torch_device_defaults(monkeypatch):
     assert OnnxSettings(device="cuda").max_batch_tokens == GPU_MAX_BATCH_TOKENS
 
 
-@pytest.mark.parametrize("settings", [
-    dict(device="cuda", variant="torch_int8"), dict(dtype="fp16", variant="torch_int8_smooth"),
-    dict(seq_buckets="16,x"), dict(dtype="fp64"), dict(compile_mode="fast"),
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(device="cuda", variant="torch_int8"),
+        dict(dtype="fp16", variant="torch_int8_smooth"),
+        dict(seq_buckets="16,x"),
+        dict(dtype="fp64"),
+        dict(compile_mode="fast"),
+    ],
+)
 def test_torch_settings_refuse_contradictions(settings):
     with pytest.raises(ValueError):
         TorchSettings(**settings)
@@ -124,8 +137,13 @@ def _refuses_cuda_with_one_line(embedder_cls, settings_cls, module: str, reason:
     """Refused in-process with SettingsError, and as a process: exit 2, one line on stderr."""
     with pytest.raises(SettingsError, match=reason):
         embedder_cls(settings_cls(device="cuda", artifacts_dir=folder))
-    result = subprocess.run([sys.executable, "-m", module, "--device", "cuda", "--artifacts", str(folder)], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--device", "cuda", "--artifacts", str(folder)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and reason in result.stderr, result.stderr
 
@@ -137,8 +155,7 @@ def test_torch_cuda_without_a_gpu_exits_2_with_one_line(tmp_path):
 
 @pytest.mark.skipif("_onnx_cuda_provider()", reason="this onnxruntime has the CUDA provider")
 def test_onnx_cuda_without_the_provider_exits_2_with_one_line(tmp_path):
-    _refuses_cuda_with_one_line(OnnxEmbedder, OnnxSettings, "services.onnx_api", "no CUDAExecutionProvider",
-                                tmp_path)
+    _refuses_cuda_with_one_line(OnnxEmbedder, OnnxSettings, "services.onnx_api", "no CUDAExecutionProvider", tmp_path)
 
 
 # --- real weights (MiniLM) on CPU ------------------------------------------------------------------------
@@ -167,9 +184,26 @@ def test_precision_check_on_cpu_passes_bf16_and_refuses_below_threshold(minilm_a
     assert embedder.precision_parity["passes_parity"] and embedder.precision_parity["min_cosine"] > 0.99
     embedder.warmup()
     assert embedder.served_parity["passes_parity"] and embedder.info()["dtype"] == "bf16"
-    result = subprocess.run([sys.executable, "-m", "services.torch_api", "--artifacts", str(minilm_artifacts),
-                             "--dtype", "bf16", "--precision-min-cosine", "1.0", "--no-compile", "--threads", "2"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.torch_api",
+            "--artifacts",
+            str(minilm_artifacts),
+            "--dtype",
+            "bf16",
+            "--precision-min-cosine",
+            "1.0",
+            "--no-compile",
+            "--threads",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "fails parity against fp32" in lines[0] and "refusing" in lines[0], result.stderr
@@ -234,10 +268,34 @@ def test_gpu_serving_script_cpu_path(minilm_artifacts, minilm_dir, tmp_path, mon
 
     monkeypatch.setenv("TORCH_API_COMPILE", "false")  # compiling on 2 cores is covered above
     out = tmp_path / "out"
-    code = gpu_serving.main(["--device", "cpu", "--out", str(out), "--artifacts", str(minilm_artifacts),
-                             "--model-dir", str(minilm_dir), "--sections", "build,torch_api,onnx_api,host_cpu",
-                             "--clients", "1,2", "--texts", "1,3", "--duration-s", "1", "--cell-warmup-s", "0.2",
-                             "--threads", "1", "--host-cpu-threads", "2", "--host-cpu-budget-s", "0.3"])
+    code = gpu_serving.main(
+        [
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--artifacts",
+            str(minilm_artifacts),
+            "--model-dir",
+            str(minilm_dir),
+            "--sections",
+            "build,torch_api,onnx_api,host_cpu",
+            "--clients",
+            "1,2",
+            "--texts",
+            "1,3",
+            "--duration-s",
+            "1",
+            "--cell-warmup-s",
+            "0.2",
+            "--threads",
+            "1",
+            "--host-cpu-threads",
+            "2",
+            "--host-cpu-budget-s",
+            "0.3",
+        ]
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     sections = results["sections"]

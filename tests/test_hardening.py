@@ -24,9 +24,14 @@ from .conftest import REPO
 def fake_service(*args: str, delay_s: float = 0.0, env: dict | None = None):
     """Yield (base_url, process) of `python -m tests.fake_service`; the test may stop it itself."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tests.fake_service", "--port", str(port), *args], cwd=REPO,
-                               env={**os.environ, "FAKE_MODEL_DELAY_S": str(delay_s), **(env or {})},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_service", "--port", str(port), *args],
+        cwd=REPO,
+        env={**os.environ, "FAKE_MODEL_DELAY_S": str(delay_s), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -42,8 +47,14 @@ def fake_service(*args: str, delay_s: float = 0.0, env: dict | None = None):
 
 
 def _start(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tests.fake_service", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "tests.fake_service", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.parametrize(
@@ -76,14 +87,17 @@ def test_port_in_use_exits_2_with_one_line():
 
 async def _post_many(base: str, count: int, body: dict, headers: dict | None = None) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-        return await asyncio.gather(*(http.post("/embed", json=body, headers=headers) for _ in range(count)),
-                                    return_exceptions=True)
+        return await asyncio.gather(
+            *(http.post("/embed", json=body, headers=headers) for _ in range(count)), return_exceptions=True
+        )
 
 
 def test_sigterm_drains_admitted_requests_then_exits_0():
     # 6 requests x 0.4 s per model call, one text per call: about 2.4 s of admitted work at SIGTERM.
-    with fake_service("--max-batch-size", "1", "--max-wait-ms", "0", "--shutdown-grace-s", "20",
-                      delay_s=0.4) as (base, process):
+    with fake_service("--max-batch-size", "1", "--max-wait-ms", "0", "--shutdown-grace-s", "20", delay_s=0.4) as (
+        base,
+        process,
+    ):
 
         async def scenario():
             in_flight = asyncio.ensure_future(_post_many(base, 6, {"inputs": "drain me"}))
@@ -103,8 +117,10 @@ def test_sigterm_drains_admitted_requests_then_exits_0():
 
 
 def test_requests_cut_off_at_the_grace_deadline_get_a_503_json():
-    with fake_service("--max-batch-size", "1", "--max-wait-ms", "0", "--shutdown-grace-s", "1",
-                      delay_s=0.5) as (base, process):
+    with fake_service("--max-batch-size", "1", "--max-wait-ms", "0", "--shutdown-grace-s", "1", delay_s=0.5) as (
+        base,
+        process,
+    ):
 
         async def scenario():
             in_flight = asyncio.ensure_future(_post_many(base, 8, {"inputs": "slow"}))
@@ -147,16 +163,20 @@ def test_slow_clients_are_closed_within_the_header_timeout_while_the_server_keep
         closed_within = time.monotonic() - opened
         assert closed == 1000, closed
         assert closed_within < 8
-        print(f"1000 slow sockets: a request served in {serve_ms:.0f} ms meanwhile; all closed {closed_within:.1f} s "
-              "after opening (header timeout 2 s)")
+        print(
+            f"1000 slow sockets: a request served in {serve_ms:.0f} ms meanwhile; all closed {closed_within:.1f} s "
+            "after opening (header timeout 2 s)"
+        )
 
 
 def test_slow_body_gets_408_and_a_half_sent_body_logs_no_error():
     with fake_service("--body-timeout-s", "1", "--log-level", "info") as (base, process):
         port = int(base.rsplit(":", 1)[1])
         slow = socket.create_connection(("127.0.0.1", port))
-        slow.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100\r\n\r\n{\"inputs\":")
+        slow.sendall(
+            b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"inputs":'
+        )
         slow.settimeout(5)
         answer = b""
         while chunk := slow.recv(4096):  # the server answers, then closes (Connection: close)
@@ -166,7 +186,7 @@ def test_slow_body_gets_408_and_a_half_sent_body_logs_no_error():
         slow.close()
         for _ in range(5):  # half a body, then hang up
             gone = socket.create_connection(("127.0.0.1", port))
-            gone.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"inp")
+            gone.sendall(b'POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"inp')
             gone.close()
         time.sleep(0.5)
         assert httpx.post(f"{base}/embed", json={"inputs": "fine"}).status_code == 200
@@ -181,8 +201,13 @@ def test_api_keys_guard_every_route_but_health_and_the_openai_client_works():
 
     with fake_service(env={"FAKE_API_API_KEYS": "first-key, second-key"}) as (base, _):
         assert httpx.get(f"{base}/health").status_code == 200
-        for method, path in (("POST", "/embed"), ("POST", "/v1/embeddings"), ("GET", "/info"), ("GET", "/metrics"),
-                             ("GET", "/openapi.json")):
+        for method, path in (
+            ("POST", "/embed"),
+            ("POST", "/v1/embeddings"),
+            ("GET", "/info"),
+            ("GET", "/metrics"),
+            ("GET", "/openapi.json"),
+        ):
             denied = httpx.request(method, f"{base}{path}", json={"inputs": "x"})
             assert denied.status_code == 401 and denied.json()["error_type"] == "unauthorized", path
             assert denied.headers["www-authenticate"] == "Bearer"
@@ -250,13 +275,19 @@ def test_a_client_that_hangs_up_while_queued_has_its_texts_dropped():
         for path, field in (("/embed", "inputs"), ("/v1/embeddings", "input")):
             body = json.dumps({field: ["one two", "three", "four five six"]}).encode()
             gone = socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])))
-            gone.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            gone.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
             time.sleep(0.05)
             gone.close()
         busy.join()
         metrics = httpx.get(f"{base}/metrics").text
-        dropped = [line for line in metrics.splitlines()
-                   if line.startswith("embed_dropped_texts_total") and 'reason="disconnected"' in line]
+        dropped = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("embed_dropped_texts_total") and 'reason="disconnected"' in line
+        ]
         assert dropped and float(dropped[0].split()[-1]) == 6.0, metrics
         assert httpx.post(f"{base}/embed", json={"inputs": "still serving"}).status_code == 200

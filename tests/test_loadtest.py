@@ -42,8 +42,29 @@ def test_64_default_users_see_no_failures_and_429s_are_their_own_outcome(minilm_
 def test_report_users_back_off_on_429_and_nothing_fails(minilm_artifacts, tmp_path, monkeypatch):
     monkeypatch.setenv("ONNX_API_MAX_QUEUE_WAIT_MS", "200")  # a tiny budget, so 64 users overload it
     out = tmp_path / "report"
-    assert main(["--artifacts", str(minilm_artifacts), "--services", "onnx_api", "--users", "1,2,64", "--duration", "6",
-                 "--texts", "4", "--in-process-s", "0.5", "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--artifacts",
+                str(minilm_artifacts),
+                "--services",
+                "onnx_api",
+                "--users",
+                "1,2,64",
+                "--duration",
+                "6",
+                "--texts",
+                "4",
+                "--in-process-s",
+                "0.5",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     onnx = results["services"]["onnx_api"]
     assert [s["users"] for s in onnx["steps"]] == [1, 2, 64]

@@ -38,14 +38,17 @@ def folder(tmp_path):
         "onnx_int8": ArtifactRecord.from_files(tmp_path, "onnx/b.onnx", "onnx", "int8", _parity(0.5), "fails"),
         "onnx_optimized": ArtifactRecord.from_files(tmp_path, "onnx/a.onnx", "onnx", "fp32", _parity(0.9999), "ok"),
     }
-    manifest = Manifest.from_dict({
-        "created_at": "2026-01-01T00:00:00+00:00",
-        "model": {"source": "m", "dimension": 4, "pooling": "mean", "normalize": True, "max_seq_length": 16},
-        "tokenizer": TokenizerInfo("tokenizer/tokenizer.json",
-                                   (FileEntry.from_file(tmp_path, "tokenizer/tokenizer.json"),)).to_dict(),
-        "build": {"recipe": DEFAULT_RECIPE.to_dict()},
-        "artifacts": {k: v.to_dict() for k, v in artifacts.items()},
-    })
+    manifest = Manifest.from_dict(
+        {
+            "created_at": "2026-01-01T00:00:00+00:00",
+            "model": {"source": "m", "dimension": 4, "pooling": "mean", "normalize": True, "max_seq_length": 16},
+            "tokenizer": TokenizerInfo(
+                "tokenizer/tokenizer.json", (FileEntry.from_file(tmp_path, "tokenizer/tokenizer.json"),)
+            ).to_dict(),
+            "build": {"recipe": DEFAULT_RECIPE.to_dict()},
+            "artifacts": {k: v.to_dict() for k, v in artifacts.items()},
+        }
+    )
     manifest.write(tmp_path)
     return tmp_path
 

@@ -25,10 +25,19 @@ from loadtest.processes import free_port
 from .conftest import REPO
 
 CONFIG = REPO / "deploy" / "ray" / "serve_config.yaml"
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-TEXTS = ["Where is the nearest train station?", "Dinner is ready.", "Paris is the capital of France.",
-         "I love hiking in the mountains.", "The quarterly report is due on Friday.", "Hi"]
+LOOPBACK_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+}
+TEXTS = [
+    "Where is the nearest train station?",
+    "Dinner is ready.",
+    "Paris is the capital of France.",
+    "I love hiking in the mountains.",
+    "The quarterly report is due on Friday.",
+    "Hi",
+]
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -52,6 +61,7 @@ def ray_children() -> list:
 
 
 # --- fast: the config file is what Serve accepts, and it keeps replicas x threads within the cores ---
+
 
 def test_serve_config_is_valid_and_fits_the_cores():
     from ray.serve.schema import ServeDeploySchema
@@ -86,6 +96,7 @@ def test_build_app_refuses_an_unknown_service():
 
 # --- slow: real Ray ---
 
+
 @pytest.mark.slow
 def test_serve_run_with_the_config_file(minilm_artifacts, tmp_path):
     """`serve run deploy/ray/serve_config.yaml` (artifacts and port swapped for the test) serves /embed."""
@@ -96,11 +107,17 @@ def test_serve_run_with_the_config_file(minilm_artifacts, tmp_path):
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     log = open(tmp_path / "serve-run.log", "w")
-    process = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(path)], cwd=REPO,
-                               env={**os.environ, **LOOPBACK_ENV}, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "serve"), "run", str(path)],
+        cwd=REPO,
+        env={**os.environ, **LOOPBACK_ENV},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def healthy():
             assert process.poll() is None, (tmp_path / "serve-run.log").read_text()[-3000:]
             try:
@@ -120,6 +137,7 @@ def test_serve_run_with_the_config_file(minilm_artifacts, tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
+
     # Ray's own processes (raylet, GCS, workers) run in serve run's session and exit shortly after it.
     def session_processes() -> list[str]:
         found = subprocess.run(["ps", "-o", "pid=,args=", "-s", str(process.pid)], capture_output=True, text=True)
@@ -148,8 +166,16 @@ def deploy(artifacts, num_replicas: int, threads: int = 1, variant: str = "auto"
 
     from deploy.ray.serve_app import make_app
 
-    app = make_app({"service": "onnx", "artifacts_dir": str(artifacts), "threads": threads,
-                    "num_replicas": num_replicas, "settings": {"variant": variant}}, **options)
+    app = make_app(
+        {
+            "service": "onnx",
+            "artifacts_dir": str(artifacts),
+            "threads": threads,
+            "num_replicas": num_replicas,
+            "settings": {"variant": variant},
+        },
+        **options,
+    )
     serve.run(app, name="embeddings", route_prefix="/")
 
 
@@ -176,8 +202,10 @@ def plain_vectors(minilm_artifacts):
         settings = OnnxSettings(artifacts_dir=minilm_artifacts, threads=1, variant=variant)
         with TestClient(create_app(settings, OnnxEmbedder(settings))) as client:
             wait_until(lambda c=client: c.get("/health").status_code == 200, 120, "the plain service", 0.05)
-            out[variant] = {i: np.asarray(client.post("/embed", json={"inputs": TEXTS[i:i + 3]}).json())
-                            for i in range(len(TEXTS))}
+            out[variant] = {
+                i: np.asarray(client.post("/embed", json={"inputs": TEXTS[i : i + 3]}).json())
+                for i in range(len(TEXTS))
+            }
     return out
 
 
@@ -191,7 +219,7 @@ def test_two_replicas_answer_like_the_plain_service(serve_cluster, minilm_artifa
     with httpx.Client(base_url=serve_cluster, timeout=30) as client:
         for round_ in range(4):
             for i, expected in plain_vectors["auto"].items():
-                response = client.post("/embed", json={"inputs": TEXTS[i:i + 3]})
+                response = client.post("/embed", json={"inputs": TEXTS[i : i + 3]})
                 assert response.status_code == 200, response.text
                 vectors = np.asarray(response.json())
                 assert vectors.shape == expected.shape
@@ -214,8 +242,9 @@ def _replica_actor(replica_id: str):
 
 
 @pytest.mark.slow
-def test_killing_a_replica_loses_no_retried_request_and_serve_replaces_it(serve_cluster, minilm_artifacts,
-                                                                         plain_vectors):
+def test_killing_a_replica_loses_no_retried_request_and_serve_replaces_it(
+    serve_cluster, minilm_artifacts, plain_vectors
+):
     import ray
 
     # fp32: concurrent clients share batches, and an int8 vector moves with its batch neighbours.
@@ -232,7 +261,7 @@ def test_killing_a_replica_loses_no_retried_request_and_serve_replaces_it(serve_
                 i = (worker + stats["requests"]) % len(TEXTS)
                 for attempt in range(10):
                     try:
-                        response = client.post("/embed", json={"inputs": TEXTS[i:i + 3]})
+                        response = client.post("/embed", json={"inputs": TEXTS[i : i + 3]})
                     except httpx.HTTPError as exc:
                         response, status = None, type(exc).__name__
                     else:
@@ -248,20 +277,31 @@ def test_killing_a_replica_loses_no_retried_request_and_serve_replaces_it(serve_
                 stats["retried"] += attempt > 0
                 stats["requests"] += 1
                 vectors = np.asarray(response.json())
-                answered.append((worker, response.headers["x-serve-replica"],
-                                 float(cosine_rows(vectors, plain_vectors["onnx_optimized"][i]).min())))
+                answered.append(
+                    (
+                        worker,
+                        response.headers["x-serve-replica"],
+                        float(cosine_rows(vectors, plain_vectors["onnx_optimized"][i]).min()),
+                    )
+                )
         return stats
 
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(client_loop, w) for w in range(4)]
-        wait_until(lambda: len({w for w, _, _ in answered}) == 4 or any(f.done() for f in futures), 60,
-                   "all four clients to get answers")
+        wait_until(
+            lambda: len({w for w, _, _ in answered}) == 4 or any(f.done() for f in futures),
+            60,
+            "all four clients to get answers",
+        )
         victim = sorted(before)[0]
         ray.kill(_replica_actor(victim), no_restart=True)
         killed_at = time.monotonic()
         try:
-            replaced = wait_until(lambda: replicas_if(lambda ids: len(ids) == 2 and victim not in ids), 120,
-                                  "Serve to replace the killed replica")
+            replaced = wait_until(
+                lambda: replicas_if(lambda ids: len(ids) == 2 and victim not in ids),
+                120,
+                "Serve to replace the killed replica",
+            )
             recovered_s = time.monotonic() - killed_at
             seen_before = len(answered)
             wait_until(lambda: len(answered) > seen_before + 8, 60, "traffic after the replacement")
@@ -270,8 +310,10 @@ def test_killing_a_replica_loses_no_retried_request_and_serve_replaces_it(serve_
             results = [f.result(timeout=120) for f in futures]
     total = {k: sum(r[k] for r in results) for k in ("requests", "retried", "failed_attempts", "lost")}
     statuses = sorted({str(s) for r in results for s in r["statuses"]})
-    print(f"\nkilled replica {victim}; replaced by {sorted(replaced - before)} after {recovered_s:.1f} s; "
-          f"clients: {total}, failed attempts answered {statuses}")
+    print(
+        f"\nkilled replica {victim}; replaced by {sorted(replaced - before)} after {recovered_s:.1f} s; "
+        f"clients: {total}, failed attempts answered {statuses}"
+    )
     assert total["lost"] == 0, total
     assert total["requests"] == len(answered) > 20
     assert min(c for _, _, c in answered) > 0.9999

@@ -14,8 +14,10 @@ from runtime.variants import SERVICE_ENGINES, VARIANTS, Variant
 
 ZEN5 = HostCpu("AMD EPYC", frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}))
 NO_VNNI = HostCpu("AMD EPYC Zen 3", frozenset({"avx2", "fma"}))
-AMX = HostCpu("Intel Xeon", frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
-                                       "amx_int8", "amx_tile"}))
+AMX = HostCpu(
+    "Intel Xeon",
+    frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"}),
+)
 
 
 def test_every_row_has_a_build_step_and_a_loader():
@@ -33,29 +35,58 @@ def test_every_row_has_a_build_step_and_a_loader():
 
 def test_every_engine_loader_is_the_engines_own():
     loaders = {row.engine: row.loader for row in VARIANTS}
-    assert loaders == {"torch": "runtime.torch_encoder:open_runner", "onnxruntime": "runtime.onnx_runner:open_runner",
-                       "openvino": "runtime.openvino_runner:open_runner"}
+    assert loaders == {
+        "torch": "runtime.torch_encoder:open_runner",
+        "onnxruntime": "runtime.onnx_runner:open_runner",
+        "openvino": "runtime.openvino_runner:open_runner",
+    }
 
 
 def _row(name, precision="fp32", needs=(), depends=(), exact=True):
-    return Variant(name, "onnxruntime", f"onnx/{name}.onnx", precision, exact, "runtime.onnx_runner:open_runner",
-                   "onnx_fp32", name, needs_any=needs, fidelity_depends_on=depends)
+    return Variant(
+        name,
+        "onnxruntime",
+        f"onnx/{name}.onnx",
+        precision,
+        exact,
+        "runtime.onnx_runner:open_runner",
+        "onnx_fp32",
+        name,
+        needs_any=needs,
+        fidelity_depends_on=depends,
+    )
 
 
 def _manifest(records: dict, host: HostCpu = ZEN5) -> Manifest:
     def record(name, min_cos, speed):
-        out = {"runtime": "onnx", "precision": "x", "path": f"onnx/{name}.onnx", "bytes": 1, "files": [],
-               "parity": {"min_cosine": min_cos, "mean_cosine": min_cos, "texts": 10, "threshold": 0.99,
-                          "passes_parity": min_cos >= 0.99}, "measured_on": host.to_dict()}
+        out = {
+            "runtime": "onnx",
+            "precision": "x",
+            "path": f"onnx/{name}.onnx",
+            "bytes": 1,
+            "files": [],
+            "parity": {
+                "min_cosine": min_cos,
+                "mean_cosine": min_cos,
+                "texts": 10,
+                "threshold": 0.99,
+                "passes_parity": min_cos >= 0.99,
+            },
+            "measured_on": host.to_dict(),
+        }
         if speed:
             out["speed"] = {"texts_per_s": speed, "batch_ms": 32000 / speed, "batch_texts": 32, "one_text_ms": 10}
         return out
 
-    return Manifest.from_dict({
-        "created_at": "now", "build": {"host": host.to_dict()},
-        "model": {"source": "m", "dimension": 4, "pooling": "mean", "normalize": True, "max_seq_length": 16},
-        "tokenizer": {"path": "t.json", "files": []},
-        "artifacts": {name: record(name, *figures) for name, figures in records.items()}})
+    return Manifest.from_dict(
+        {
+            "created_at": "now",
+            "build": {"host": host.to_dict()},
+            "model": {"source": "m", "dimension": 4, "pooling": "mean", "normalize": True, "max_seq_length": 16},
+            "tokenizer": {"path": "t.json", "files": []},
+            "artifacts": {name: record(name, *figures) for name, figures in records.items()},
+        }
+    )
 
 
 def test_auto_follows_measured_speed_not_table_order():
@@ -116,8 +147,14 @@ def test_a_cpu_that_differs_in_a_feature_the_numbers_depend_on_gets_a_recheck():
     assert choice.variant == "fp32" and "could not be re-checked" in choice.candidates[0].verdict
     # A re-check that passes makes it a candidate, timed here with the others (another CPU: no build figures).
     checked.clear()
-    choice = choose(manifest, "onnx_api", host=AMX, rows=rows, time_here=time_here,
-                    recheck=lambda row: {"min_cosine": 0.999, "top10_agreement": 0.99, "passes_parity": True})
+    choice = choose(
+        manifest,
+        "onnx_api",
+        host=AMX,
+        rows=rows,
+        time_here=time_here,
+        recheck=lambda row: {"min_cosine": 0.999, "top10_agreement": 0.99, "passes_parity": True},
+    )
     assert sorted(timed) == ["fp32", "int8"] and choice.candidates[0].speed["measured"] == "here"
     assert choice.candidates[0].verdict == "chosen"  # tie at 50 texts/s: table order
 

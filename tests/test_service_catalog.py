@@ -63,8 +63,13 @@ def test_docker_e2e_targets_the_table_ports():
 
 def test_locust_users_are_the_tables():
     """locustfile.py defines one user class per row (the load test runs them by the table's name)."""
-    result = subprocess.run([sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--list"], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--list"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     listed = result.stdout.split("Available Users:", 1)[-1].split()
     assert listed == [row.locust_user for row in ROWS]

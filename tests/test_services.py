@@ -129,8 +129,11 @@ def test_info_and_metrics(client):
     manifest = json.loads((client.app.state.embedder.artifacts_dir / "manifest.json").read_text())
     selection = info["selection"]
     assert selection["variant"] == info["variant"] and "fastest of" in selection["reason"]
-    passing = {c["variant"]: c["speed"]["texts_per_s"] for c in selection["candidates"]
-               if c["verdict"] in ("chosen", "passes, slower")}
+    passing = {
+        c["variant"]: c["speed"]["texts_per_s"]
+        for c in selection["candidates"]
+        if c["verdict"] in ("chosen", "passes, slower")
+    }
     assert passing[info["variant"]] == max(passing.values())
     assert all(manifest["artifacts"][name]["parity"]["passes_parity"] for name in passing)
     assert info["parity"]["passes_parity"]
@@ -344,8 +347,14 @@ def test_parity_gate_picks_the_fastest_passing_variant(minilm_artifacts, tmp_pat
     shutil.copytree(minilm_artifacts, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     records = manifest["artifacts"]
-    fastest_fp32 = max((n for n in records if records[n]["precision"] == "fp32" and n in ONNX_SERVED
-                        and records[n]["parity"]["passes_parity"]), key=lambda n: records[n]["speed"]["texts_per_s"])
+    fastest_fp32 = max(
+        (
+            n
+            for n in records
+            if records[n]["precision"] == "fp32" and n in ONNX_SERVED and records[n]["parity"]["passes_parity"]
+        ),
+        key=lambda n: records[n]["speed"]["texts_per_s"],
+    )
 
     def serve_default(passing: dict[str, bool], speeds: dict[str, float]) -> str:
         for name, passes in passing.items():
@@ -358,12 +367,25 @@ def test_parity_gate_picks_the_fastest_passing_variant(minilm_artifacts, tmp_pat
     top = max(r["speed"]["texts_per_s"] for r in records.values())
     # Only where this CPU has VNNI or AMX are 8-bit weights served at all (runtime.variants.INT8_FEATURES).
     if probe_cpu().has_any(INT8_FEATURES):
-        assert serve_default({"onnx_int8": True, "onnx_int8_smooth": True},
-                             {"onnx_int8": top * 3, "onnx_int8_smooth": top * 2}) == "onnx_int8"
-        assert serve_default({"onnx_int8": True, "onnx_int8_smooth": True},
-                             {"onnx_int8": top * 2, "onnx_int8_smooth": top * 3}) == "onnx_int8_smooth"
+        assert (
+            serve_default(
+                {"onnx_int8": True, "onnx_int8_smooth": True}, {"onnx_int8": top * 3, "onnx_int8_smooth": top * 2}
+            )
+            == "onnx_int8"
+        )
+        assert (
+            serve_default(
+                {"onnx_int8": True, "onnx_int8_smooth": True}, {"onnx_int8": top * 2, "onnx_int8_smooth": top * 3}
+            )
+            == "onnx_int8_smooth"
+        )
         assert serve_default({"onnx_int8": False, "onnx_int8_smooth": True}, {}) == "onnx_int8_smooth"
-    assert serve_default({"onnx_int8": False, "onnx_int8_smooth": False},
-                         {"onnx_int8": top * 3, "onnx_int8_smooth": top * 3, fastest_fp32: top * 2}) == fastest_fp32
+    assert (
+        serve_default(
+            {"onnx_int8": False, "onnx_int8_smooth": False},
+            {"onnx_int8": top * 3, "onnx_int8_smooth": top * 3, fastest_fp32: top * 2},
+        )
+        == fastest_fp32
+    )
     with pytest.raises(Exception, match="cannot be served here"):
         OnnxEmbedder(OnnxSettings(artifacts_dir=copy, variant="onnx_int8_smooth"))

@@ -12,7 +12,7 @@ def test_pads_to_longest_and_truncates_keeping_the_closing_token(minilm_dir):
     sep = tokenizer._tokenizer.token_to_id("[SEP]")
     assert batch.input_ids[1, -1] == sep
     assert batch.input_ids[0, batch.token_counts[0] - 1] == sep
-    assert (batch.input_ids[0, batch.token_counts[0]:] == tokenizer.pad_id).all()
+    assert (batch.input_ids[0, batch.token_counts[0] :] == tokenizer.pad_id).all()
 
 
 def test_parity_corpus_spans_a_few_words_to_about_250_tokens(minilm_dir):

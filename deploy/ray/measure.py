@@ -42,8 +42,9 @@ CONFIGS = {"plain": None, "ray-1x2": (1, 2), "ray-2x1": (2, 1)}  # name -> (repl
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m deploy.ray.measure", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.ray.measure", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts/all-mpnet-base-v2"))
     parser.add_argument("--service", choices=sorted(s.short for s in SERVICES.values()), default="onnx")
     parser.add_argument("--configs", default="plain,ray-1x2,ray-2x1")
@@ -61,8 +62,9 @@ def corpus() -> list[str]:
     return [line.strip() for line in CORPUS_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def load_cell(base_url: str, clients: int, duration: float, warmup: float, max_texts: int, seed: int,
-              dimension: int) -> dict:
+def load_cell(
+    base_url: str, clients: int, duration: float, warmup: float, max_texts: int, seed: int, dimension: int
+) -> dict:
     from loadtest.closed_loop import closed_loop, summarize
 
     texts = corpus()
@@ -103,8 +105,18 @@ def ray_deployment(base_url: str, artifacts: Path, service: str, replicas: int, 
 
     from deploy.ray.serve_app import make_app
 
-    serve.run(make_app({"service": service, "artifacts_dir": str(artifacts.resolve()), "threads": threads,
-                        "num_replicas": replicas}), name="embeddings", route_prefix="/")
+    serve.run(
+        make_app(
+            {
+                "service": service,
+                "artifacts_dir": str(artifacts.resolve()),
+                "threads": threads,
+                "num_replicas": replicas,
+            }
+        ),
+        name="embeddings",
+        route_prefix="/",
+    )
     try:
         yield base_url
     finally:
@@ -122,8 +134,11 @@ def run_config(name: str, args, clients: list[int], stack: contextlib.ExitStack,
 
     if CONFIGS[name] is None:
         log = stack.enter_context(open(args.out / f"{name}.log", "w"))
-        base = stack.enter_context(running_service(catalog_service(args.service).module, args.artifacts.resolve(),
-                                                   threads=args.cpus, log_file=log))
+        base = stack.enter_context(
+            running_service(
+                catalog_service(args.service).module, args.artifacts.resolve(), threads=args.cpus, log_file=log
+            )
+        )
     else:
         replicas, threads = CONFIGS[name]
         base = stack.enter_context(ray_deployment(ray_base[0], args.artifacts, args.service, replicas, threads))
@@ -131,9 +146,12 @@ def run_config(name: str, args, clients: list[int], stack: contextlib.ExitStack,
     cells = []
     for count in clients:
         cell = load_cell(base, count, args.duration, args.warmup, args.max_texts, args.seed, details["dimension"])
-        print(f"  {name:<8} {count:>3} clients: {cell['goodput_texts_per_s']:8.1f} texts/s  "
-              f"p50 {cell['p50_ms']} ms  p95 {cell['p95_ms']} ms  429 {cell['share_429']:.1%}  "
-              f"other failures {cell['other_failures']}  overhead {cell['overhead_ms_median']} ms", flush=True)
+        print(
+            f"  {name:<8} {count:>3} clients: {cell['goodput_texts_per_s']:8.1f} texts/s  "
+            f"p50 {cell['p50_ms']} ms  p95 {cell['p95_ms']} ms  429 {cell['share_429']:.1%}  "
+            f"other failures {cell['other_failures']}  overhead {cell['overhead_ms_median']} ms",
+            flush=True,
+        )
         cells.append(cell)
     return {"variant": details.get("variant"), "threads_per_replica": details.get("threads"), "cells": cells}
 
@@ -170,14 +188,43 @@ def main(argv=None) -> int:
 
 def render_report(results: dict) -> str:
     s = results["settings"]
-    lines = [f"# Plain service vs Ray Serve ({s['service']}, {s['artifacts']})", "",
-             f"{s['duration']} s per cell after {s['warmup']} s warm-up, closed loop, 1-{s['max_texts']} texts per "
-             f"request; {s['cpus']} model threads in all per configuration.", "",
-             table(["config", "variant", "clients", "goodput texts/s", "req/s", "p50 ms", "p95 ms", "429 share",
-                    "other failures", "overhead ms (median)"],
-                   [[name, config["variant"], c["clients"], c["goodput_texts_per_s"], c["requests_per_s"], c["p50_ms"],
-                     c["p95_ms"], f"{c['share_429']:.1%}", c["other_failures"], c["overhead_ms_median"]]
-                    for name, config in results["configs"].items() for c in config["cells"]])]
+    lines = [
+        f"# Plain service vs Ray Serve ({s['service']}, {s['artifacts']})",
+        "",
+        f"{s['duration']} s per cell after {s['warmup']} s warm-up, closed loop, 1-{s['max_texts']} texts per "
+        f"request; {s['cpus']} model threads in all per configuration.",
+        "",
+        table(
+            [
+                "config",
+                "variant",
+                "clients",
+                "goodput texts/s",
+                "req/s",
+                "p50 ms",
+                "p95 ms",
+                "429 share",
+                "other failures",
+                "overhead ms (median)",
+            ],
+            [
+                [
+                    name,
+                    config["variant"],
+                    c["clients"],
+                    c["goodput_texts_per_s"],
+                    c["requests_per_s"],
+                    c["p50_ms"],
+                    c["p95_ms"],
+                    f"{c['share_429']:.1%}",
+                    c["other_failures"],
+                    c["overhead_ms_median"],
+                ]
+                for name, config in results["configs"].items()
+                for c in config["cells"]
+            ],
+        ),
+    ]
     plain = {c["clients"]: c for c in results["configs"].get("plain", {}).get("cells", [])}
     extra = []
     for name, config in results["configs"].items():
@@ -185,9 +232,11 @@ def render_report(results: dict) -> str:
             base = plain.get(c["clients"])
             if name == "plain" or not base or None in (c["overhead_ms_median"], base["overhead_ms_median"]):
                 continue
-            extra.append(f"- {name} at {c['clients']} client(s): "
-                             f"{c['overhead_ms_median'] - base['overhead_ms_median']:+.2f} ms per request outside the "
-                             "app, against the plain service")
+            extra.append(
+                f"- {name} at {c['clients']} client(s): "
+                f"{c['overhead_ms_median'] - base['overhead_ms_median']:+.2f} ms per request outside the "
+                "app, against the plain service"
+            )
     if extra:
         lines += ["", "Ray's overhead (client latency minus the app's x-total-time, medians):", *extra]
     return "\n".join(lines) + "\n"

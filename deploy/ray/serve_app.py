@@ -80,11 +80,15 @@ class WarmBeforeReady:
 
     def _on_load_failure(self) -> None:
         state = self.app.state
-        self.load_error = (getattr(getattr(state, "serving", None), "load_error", None)
-                           or getattr(state, "load_error", None) or "model failed to load")
+        self.load_error = (
+            getattr(getattr(state, "serving", None), "load_error", None)
+            or getattr(state, "load_error", None)
+            or "model failed to load"
+        )
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
+
             async def send_with_replica(message):
                 if message["type"] == "http.response.start":
                     message = {**message, "headers": [*message.get("headers", []), self.replica_header]}

@@ -98,8 +98,9 @@ class ThroughputEstimate:
         self._fitted: tuple[float, float] | None = None
         self._totals: tuple[float, float, float, float] | None = None
 
-    def observe(self, padded_tokens: int, real_tokens: int, seconds: float, texts: int = 1,
-                backlogged: bool = False) -> None:
+    def observe(
+        self, padded_tokens: int, real_tokens: int, seconds: float, texts: int = 1, backlogged: bool = False
+    ) -> None:
         if seconds > 0 and padded_tokens > 0:
             self._calls.append((padded_tokens, real_tokens, seconds, max(1, texts)))
             if backlogged:
@@ -201,8 +202,14 @@ class Admission:
     running count as queued work), and each request's actual wait when it starts (record_wait).
     """
 
-    def __init__(self, backlog: Backlog, max_batch_size: int, max_queue_wait_s: float,
-                 metrics: ServiceMetrics | None = None, clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        backlog: Backlog,
+        max_batch_size: int,
+        max_queue_wait_s: float,
+        metrics: ServiceMetrics | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.backlog = backlog
         self.max_batch_size = max_batch_size
         self.max_queue_wait_s = max_queue_wait_s
@@ -287,8 +294,12 @@ class Admission:
         raw_wait = self.raw_wait_s()
         now = self.clock()
         slack = max(DEADLINE_SLACK_SHARE * self.max_queue_wait_s, DEADLINE_SLACK_MIN_S)
-        return Ticket(enqueued_at=now, deadline=now + self.max_queue_wait_s + slack, raw_wait_s=raw_wait,
-                      estimated_wait_s=raw_wait * self.wait_correction)
+        return Ticket(
+            enqueued_at=now,
+            deadline=now + self.max_queue_wait_s + slack,
+            raw_wait_s=raw_wait,
+            estimated_wait_s=raw_wait * self.wait_correction,
+        )
 
     def overdue(self, enqueued_at: float, deadline: float, now: float) -> DeadlineExceeded | None:
         """The refusal for a request still queued at `now`, past its deadline; None while it may still run."""

@@ -35,8 +35,9 @@ def service_name(settings: ServiceSettings) -> str:
     return str(settings.model_config.get("env_prefix", "EMBED_")).rstrip("_").lower() or "embedding_service"
 
 
-def create_app(settings: ServiceSettings, embedder: Embedder, runtime_packages: tuple[str, ...] = (),
-               tracer_provider=None) -> FastAPI:
+def create_app(
+    settings: ServiceSettings, embedder: Embedder, runtime_packages: tuple[str, ...] = (), tracer_provider=None
+) -> FastAPI:
     """The service's app: the request path (handling.py) behind the edge middleware, with its lifespan.
 
     tracer_provider: an OpenTelemetry TracerProvider to trace into (tests); by default one exporting over
@@ -44,18 +45,24 @@ def create_app(settings: ServiceSettings, embedder: Embedder, runtime_packages: 
     """
     metrics = ServiceMetrics()
     trace_attributes = {"embedding.runtime": embedder.runtime, "embedding.variant": embedder.variant}
-    tracing = (Tracing(tracer_provider, trace_attributes) if tracer_provider is not None else
-               Tracing.from_settings(settings.otlp_endpoint, settings.otlp_service_name or service_name(settings),
-                                     trace_attributes))
-    model_name = (settings.served_model_name or settings.model_name
-                  or public_model_name(str(embedder.info().get("model", ""))))
+    tracing = (
+        Tracing(tracer_provider, trace_attributes)
+        if tracer_provider is not None
+        else Tracing.from_settings(
+            settings.otlp_endpoint, settings.otlp_service_name or service_name(settings), trace_attributes
+        )
+    )
+    model_name = (
+        settings.served_model_name or settings.model_name or public_model_name(str(embedder.info().get("model", "")))
+    )
     service = EmbeddingService(settings, embedder, ServingState(), TokenIdReader(settings.token_ids), model_name)
 
     app = FastAPI(title=f"Embeddings ({embedder.runtime})", lifespan=lifespan_for(settings, service, metrics, tracing))
     choice = getattr(embedder, "choice", None)
     for candidate in choice.candidates if choice is not None else ():
-        metrics.variant_candidates.labels(candidate.name, candidate.precision,
-                                          candidate.verdict).set(candidate.texts_per_s or 0)
+        metrics.variant_candidates.labels(candidate.name, candidate.precision, candidate.verdict).set(
+            candidate.texts_per_s or 0
+        )
     app.state.metrics, app.state.embedder, app.state.serving = metrics, embedder, service.state
     app.state.tracing, app.state.service = tracing, service
     install_error_handlers(app)

@@ -341,13 +341,15 @@ class DynamicBatcher:
         vectors = self._run_batch(rows)
         return vectors, self._clock() - started
 
-    def _observe(self, token_ids: list[list[int]], seconds: float, model_seconds: float | None = None,
-                 backlogged: bool = False) -> None:
+    def _observe(
+        self, token_ids: list[list[int]], seconds: float, model_seconds: float | None = None, backlogged: bool = False
+    ) -> None:
         """seconds: the call as the queue sees it (hand-off to the model thread and back included), what the
         wait estimate needs; model_seconds: the model alone, timed in its thread."""
         padded = len(token_ids) * max(len(row) for row in token_ids)
-        self.admission.throughput.observe(padded, sum(len(row) for row in token_ids), seconds, len(token_ids),
-                                          backlogged)
+        self.admission.throughput.observe(
+            padded, sum(len(row) for row in token_ids), seconds, len(token_ids), backlogged
+        )
         model_seconds = seconds if model_seconds is None else model_seconds
         self._metrics.inference_time.observe(model_seconds)
         self._metrics.model_seconds.inc(model_seconds)

@@ -24,7 +24,6 @@ METRIC_ROUTES = (*WORK_ROUTES, "/health", "/info", "/metrics", "/v1/models")
 OPEN_ROUTES = ("/health",)  # answered without an API key: probes of orchestrators and load balancers
 
 
-
 class EdgeMiddleware:
     """Everything decided before a route runs, cheapest first (pure ASGI, so nothing is parsed on rejection).
 
@@ -32,8 +31,7 @@ class EdgeMiddleware:
     body is read) -> the body, read with a size limit (413) and a time limit (408). It also counts requests.
     """
 
-    def __init__(self, app, settings: ServiceSettings, state: ServingState, metrics: ServiceMetrics,
-                 tracing: Tracing):
+    def __init__(self, app, settings: ServiceSettings, state: ServingState, metrics: ServiceMetrics, tracing: Tracing):
         self.app, self.settings, self.state, self.metrics, self.tracing = app, settings, state, metrics, tracing
         self._keys = [key.encode() for key in settings.api_key_list]
 
@@ -78,13 +76,19 @@ class EdgeMiddleware:
 
     def _reject_early(self, scope, path: str, embedding: bool) -> Response | None:
         if self._keys and path not in OPEN_ROUTES and not self._authorized(scope):
-            return ApiError(ErrorType.UNAUTHORIZED, "missing or wrong API key: send Authorization: Bearer <key>",
-                            {"WWW-Authenticate": "Bearer"}).response(path)
+            return ApiError(
+                ErrorType.UNAUTHORIZED,
+                "missing or wrong API key: send Authorization: Bearer <key>",
+                {"WWW-Authenticate": "Bearer"},
+            ).response(path)
         if not embedding:
             return None
         if self.state.draining:
-            return ApiError(ErrorType.UNHEALTHY, "the service is shutting down; retry on another replica",
-                            {"Retry-After": "1", "Connection": "close"}).response(path)
+            return ApiError(
+                ErrorType.UNHEALTHY,
+                "the service is shutting down; retry on another replica",
+                {"Retry-After": "1", "Connection": "close"},
+            ).response(path)
         admission = self.state.batcher.admission if self.state.batcher is not None else None
         try:
             if self.state.in_flight > self.settings.max_concurrent_requests:

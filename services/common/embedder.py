@@ -44,8 +44,7 @@ def read_prompts(artifacts_dir: Path, manifest: Manifest) -> tuple[dict[str, str
     """
     recorded = manifest.model.extra.get("prompts")
     if isinstance(recorded, dict):
-        return ({str(k): str(v) for k, v in recorded.items()},
-                manifest.model.extra.get("default_prompt_name") or None)
+        return ({str(k): str(v) for k, v in recorded.items()}, manifest.model.extra.get("default_prompt_name") or None)
     candidates = [Path(artifacts_dir) / ST_CONFIG]
     if "torch_fp32" in manifest.artifacts:
         candidates.append(manifest.path_of(artifacts_dir, "torch_fp32") / ST_CONFIG)
@@ -109,7 +108,7 @@ class Embedder(ABC):
         among them), mirroring `truncate`, which keeps the beginning and the closing token."""
         if len(ids) <= self.max_tokens:
             return ids
-        return ids[:1] + ids[len(ids) - (self.max_tokens - 1):]
+        return ids[:1] + ids[len(ids) - (self.max_tokens - 1) :]
 
     @property
     def vocab_size(self) -> int | None:
@@ -147,15 +146,22 @@ class ArtifactEmbedder(Embedder):
     service: str = ""
     artifacts_dir: Path
 
-    def __init__(self, artifacts_dir: Path, variant: str = "auto", threads: int | None = None, device: str = "cpu",
-                 allowed: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        artifacts_dir: Path,
+        variant: str = "auto",
+        threads: int | None = None,
+        device: str = "cpu",
+        allowed: tuple[str, ...] | None = None,
+    ):
         self.artifacts_dir = Path(artifacts_dir)
         self.manifest = Manifest.load(self.artifacts_dir)
         self.threads = threads
         here = HostMeasurements(self.artifacts_dir, self.manifest, threads)
         rows = VARIANTS if allowed is None else tuple(v for v in VARIANTS if v.name in allowed)
-        self.choice: Choice = choose(self.manifest, self.service, variant, device, recheck=here.recheck,
-                                     time_here=here.time_here, rows=rows)
+        self.choice: Choice = choose(
+            self.manifest, self.service, variant, device, recheck=here.recheck, time_here=here.time_here, rows=rows
+        )
         self.variant = self.choice.variant
         self.row: Variant = variant_row(self.variant)
         self.runtime = self.row.engine
@@ -205,8 +211,9 @@ class ArtifactEmbedder(Embedder):
         encodings = self._hf_tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
         for text, encoding in zip(texts, encodings, strict=True):
             row = []
-            for token_id, token, (start, stop), special in zip(encoding.ids, encoding.tokens, encoding.offsets,
-                                                               encoding.special_tokens_mask, strict=True):
+            for token_id, token, (start, stop), special in zip(
+                encoding.ids, encoding.tokens, encoding.offsets, encoding.special_tokens_mask, strict=True
+            ):
                 # tokenizers' offsets count characters of the Python string, as TEI's do
                 if special:
                     row.append(Token(token_id, token, True, None, None))

@@ -49,8 +49,9 @@ STATUS = {
 
 
 class ApiError(Exception):
-    def __init__(self, error_type: ErrorType, message: str, headers: Mapping[str, str] | None = None,
-                 param: str | None = None):
+    def __init__(
+        self, error_type: ErrorType, message: str, headers: Mapping[str, str] | None = None, param: str | None = None
+    ):
         super().__init__(message)
         self.error_type = error_type
         self.message = message
@@ -68,8 +69,13 @@ class ApiError(Exception):
 
 OPENAI_PREFIX = "/v1/"
 # OpenAI's `type` by status (https://platform.openai.com/docs/guides/error-codes); `code` carries our error_type.
-_OPENAI_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error",
-                 500: "server_error", 503: "service_unavailable"}
+_OPENAI_TYPES = {
+    401: "authentication_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable",
+}
 
 
 def openai_error_body(status_code: int, message: str, error_type: str, param: str | None = None) -> dict:
@@ -77,8 +83,14 @@ def openai_error_body(status_code: int, message: str, error_type: str, param: st
     return {"error": {"message": message, "type": kind, "param": param, "code": error_type}, "error_type": error_type}
 
 
-def error_response(status_code: int, message: str, error_type: str, headers: Mapping[str, str] | None = None,
-                   path: str = "", param: str | None = None) -> JSONResponse:
+def error_response(
+    status_code: int,
+    message: str,
+    error_type: str,
+    headers: Mapping[str, str] | None = None,
+    path: str = "",
+    param: str | None = None,
+) -> JSONResponse:
     """The error in the shape of the API `path` belongs to (OpenAI's under /v1/, TEI's elsewhere)."""
     if path.startswith(OPENAI_PREFIX):
         body = openai_error_body(status_code, message, error_type, param)
@@ -123,11 +135,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def error_responses(*statuses: int) -> dict:
     """OpenAPI `responses` for the error statuses a route can answer, all with the one error shape."""
-    descriptions = {400: "Empty or invalid text, or a parameter this model cannot serve",
-                    401: "Missing or wrong API key", 404: "No such model", 408: "Body sent too slowly",
-                    413: "Too many inputs, a text over the token limit, or a body over the payload limit",
-                    422: "Malformed body", 429: "Overloaded: retry after the Retry-After header's seconds",
-                    503: "Not ready yet, or draining for shutdown (Retry-After)"}
+    descriptions = {
+        400: "Empty or invalid text, or a parameter this model cannot serve",
+        401: "Missing or wrong API key",
+        404: "No such model",
+        408: "Body sent too slowly",
+        413: "Too many inputs, a text over the token limit, or a body over the payload limit",
+        422: "Malformed body",
+        429: "Overloaded: retry after the Retry-After header's seconds",
+        503: "Not ready yet, or draining for shutdown (Retry-After)",
+    }
     return {status: {"model": ErrorBody, "description": descriptions[status]} for status in statuses}
 
 

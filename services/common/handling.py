@@ -108,8 +108,14 @@ def timing_headers(started: float, result: BatchResult) -> dict:
 class EmbeddingService:
     """One object per app: the steps every embedding route takes, each testable on its own."""
 
-    def __init__(self, settings: ServiceSettings, embedder: Embedder, state: ServingState, token_ids: TokenIdReader,
-                 model_name: str):
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        embedder: Embedder,
+        state: ServingState,
+        token_ids: TokenIdReader,
+        model_name: str,
+    ):
         self.settings, self.embedder, self.state, self.token_ids = settings, embedder, state, token_ids
         self.model_name = model_name
         self.default_prompt_name = settings.default_prompt_name or embedder.default_prompt_name
@@ -135,8 +141,11 @@ class EmbeddingService:
         if count > limit:
             # LangChain's OpenAIEmbeddings sends up to chunk_size=1000 inputs per request by default
             hint = f" (LangChain: OpenAIEmbeddings(chunk_size={limit}))" if openai else ""
-            raise ApiError(ErrorType.TOO_LARGE, f"{count} inputs is more than the limit of {limit} per request; "
-                           f"send at most {limit}{hint}", param=param)
+            raise ApiError(
+                ErrorType.TOO_LARGE,
+                f"{count} inputs is more than the limit of {limit} per request; send at most {limit}{hint}",
+                param=param,
+            )
 
     def checked_texts(self, inputs: str | list[str], allow_empty: bool = False, openai: bool = False) -> list[str]:
         """The request's texts, within the count limit, each valid Unicode and (unless allowed) not empty."""
@@ -148,17 +157,26 @@ class EmbeddingService:
             if not allow_empty and not text.strip():
                 raise ApiError(ErrorType.EMPTY, f"input {i} is an empty string", param="input")
             if not is_valid_unicode(text):
-                raise ApiError(ErrorType.INVALID_TEXT,
-                               f"input {i} is not valid Unicode (it holds a lone surrogate such as \\ud800)",
-                               param="input")
+                raise ApiError(
+                    ErrorType.INVALID_TEXT,
+                    f"input {i} is not valid Unicode (it holds a lone surrogate such as \\ud800)",
+                    param="input",
+                )
         return texts
 
     def prompt(self, prompt_name: str | None = None) -> str:
         return prompt_for(self.embedder, prompt_name, self.default_prompt_name)
 
     # -- tokenize ------------------------------------------------------------------------------------------------
-    async def tokenize(self, request: Request, inputs: str | list[str], truncate: bool, direction: str = "right",
-                       prompt: str = "", openai: bool = False) -> list[list[int]]:
+    async def tokenize(
+        self,
+        request: Request,
+        inputs: str | list[str],
+        truncate: bool,
+        direction: str = "right",
+        prompt: str = "",
+        openai: bool = False,
+    ) -> list[list[int]]:
         """Checks the request's limits and tokenizes it once; returns truncated token ids per text.
 
         openai: an empty (or invisible) text is embedded as the empty text, as OpenAI-compatible clients
@@ -172,8 +190,11 @@ class EmbeddingService:
             bare = len(self.embedder.tokenize([prompt])[0]) if prompt else self.bare_tokens
             for i, row in enumerate(ids):
                 if len(row) <= bare:
-                    raise ApiError(ErrorType.EMPTY, f"input {i} has nothing to embed: only invisible or control "
-                                   "characters", param="input")
+                    raise ApiError(
+                        ErrorType.EMPTY,
+                        f"input {i} has nothing to embed: only invisible or control characters",
+                        param="input",
+                    )
         return self.fitted(ids, truncate, direction)
 
     def fitted(self, ids: list[list[int]], truncate: bool, direction: str = "right") -> list[list[int]]:
@@ -181,8 +202,11 @@ class EmbeddingService:
         limit = self.embedder.max_tokens
         for i, row in enumerate(ids):
             if len(row) > limit and not truncate:
-                raise ApiError(ErrorType.TOO_LARGE, f"input {i} has {len(row)} tokens, more than the limit of "
-                               f"{limit}; send truncate=true to cut it", param="inputs")
+                raise ApiError(
+                    ErrorType.TOO_LARGE,
+                    f"input {i} has {len(row)} tokens, more than the limit of {limit}; send truncate=true to cut it",
+                    param="inputs",
+                )
         cut = self.embedder.truncate_left if direction == "left" else self.embedder.truncate
         return [cut(row) for row in ids]
 
@@ -238,10 +262,18 @@ class EmbeddingService:
         trace = trace_of(request)
         if not trace.enabled:
             return
-        trace.child("queue", result.enqueued_at, result.started_at,
-                    **{"embedding.estimated_queue_ms": round(result.estimated_queue_ms, 2)})
-        trace.child("inference", result.started_at, result.finished_at,
-                    **{"embedding.variant": self.embedder.variant, "embedding.batch_size": result.batch_texts})
+        trace.child(
+            "queue",
+            result.enqueued_at,
+            result.started_at,
+            **{"embedding.estimated_queue_ms": round(result.estimated_queue_ms, 2)},
+        )
+        trace.child(
+            "inference",
+            result.started_at,
+            result.finished_at,
+            **{"embedding.variant": self.embedder.variant, "embedding.batch_size": result.batch_texts},
+        )
         trace.set("embedding.batch_size", result.batch_texts)
         trace.set("embedding.texts", len(token_ids))
         trace.set("embedding.tokens", sum(map(len, token_ids)))
@@ -264,8 +296,9 @@ class EmbeddingService:
         check_dimensions(body.dimensions, self.embedder.dimension)
         if body.model is not None and not is_valid_unicode(body.model):
             # The answer echoes the model name: a lone surrogate could not be written out as JSON.
-            raise ApiError(ErrorType.INVALID_TEXT, "model is not valid Unicode (it holds a lone surrogate)",
-                           param="model")
+            raise ApiError(
+                ErrorType.INVALID_TEXT, "model is not valid Unicode (it holds a lone surrogate)", param="model"
+            )
         if is_token_ids(body.input):
             token_ids = await self.token_id_input(request, token_id_rows(cast(list, body.input)))
         else:
@@ -305,10 +338,12 @@ class EmbeddingService:
 
     def served_model(self, model_id: str | None = None) -> OpenAIModel:
         if model_id is not None and model_id != self.model_name:
-            raise ApiError(ErrorType.NOT_FOUND, f"the model {model_id!r} does not exist here; this service serves "
-                           f"{self.model_name!r}", param="model")
+            raise ApiError(
+                ErrorType.NOT_FOUND,
+                f"the model {model_id!r} does not exist here; this service serves {self.model_name!r}",
+                param="model",
+            )
         return OpenAIModel(id=self.model_name, created=self.started_at)
-
 
     def info(self, tracing_enabled: bool, versions: dict | None) -> dict:
         """What /info answers: the model and variant (and why it was chosen), limits, admission, inputs."""
@@ -318,9 +353,18 @@ class EmbeddingService:
             "model": self.model_name,
             "ready": state.ready,
             "draining": state.draining,
-            "batching": {name: getattr(settings, name) for name in (
-                "max_client_batch_size", "max_batch_size", "max_batch_tokens", "max_wait_ms", "max_queue_wait_ms",
-                "max_concurrent_requests", "max_payload_bytes")},
+            "batching": {
+                name: getattr(settings, name)
+                for name in (
+                    "max_client_batch_size",
+                    "max_batch_size",
+                    "max_batch_tokens",
+                    "max_wait_ms",
+                    "max_queue_wait_ms",
+                    "max_concurrent_requests",
+                    "max_payload_bytes",
+                )
+            },
             "admission": {
                 "estimated_queue_wait_s": round(batcher.estimated_wait_s(), 3) if batcher else None,
                 "measured_padded_tokens_per_s": round(batcher.throughput.padded_tokens_per_s, 1) if batcher else None,
@@ -328,8 +372,9 @@ class EmbeddingService:
             },
             "inputs": {
                 "auto_truncate": settings.auto_truncate,
-                "token_ids": (settings.token_ids if not self.token_ids.unavailable
-                              else f"refused ({self.token_ids.unavailable})"),
+                "token_ids": (
+                    settings.token_ids if not self.token_ids.unavailable else f"refused ({self.token_ids.unavailable})"
+                ),
                 "prompts": sorted(self.embedder.prompts),
                 "default_prompt_name": self.default_prompt_name,
             },
@@ -338,6 +383,7 @@ class EmbeddingService:
         if versions is not None:
             details["versions"] = versions
         return details
+
 
 def overloaded(exc: Overloaded) -> ApiError:
     """The one 429 of the request path: the queue would not answer within the budget (or shed the request)."""

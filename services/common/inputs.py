@@ -17,8 +17,11 @@ def prompt_for(embedder: Embedder, prompt_name: str | None, default_prompt_name:
         return ""
     if name not in embedder.prompts:
         have = ", ".join(sorted(embedder.prompts)) or "none: its sentence-transformers config defines no prompts"
-        raise ApiError(ErrorType.INVALID_PARAMETER, f"prompt_name {name!r} is not one of this model's prompts ({have})",
-                       param="prompt_name")
+        raise ApiError(
+            ErrorType.INVALID_PARAMETER,
+            f"prompt_name {name!r} is not one of this model's prompts ({have})",
+            param="prompt_name",
+        )
     return embedder.prompts[name]
 
 
@@ -38,15 +41,20 @@ def check_model_ids(embedder: Embedder, rows: list[list[int]]) -> None:
         bad = next((t for t in row if t < 0 or (size is not None and t >= size)), None)
         if bad is not None:
             limit = f"0 .. {size - 1}" if size is not None else "non-negative"
-            raise ApiError(ErrorType.INVALID_PARAMETER,
-                           f"input {i}: {bad} is not a token id of the served model ({limit})", param="input")
+            raise ApiError(
+                ErrorType.INVALID_PARAMETER,
+                f"input {i}: {bad} is not a token id of the served model ({limit})",
+                param="input",
+            )
 
 
 def check_dimensions(dimensions: int | None, model_dimension: int) -> None:
     if dimensions is not None and not 1 <= dimensions <= model_dimension:
-        raise ApiError(ErrorType.INVALID_PARAMETER,
-                       f"dimensions={dimensions}: this model returns {model_dimension}; send 1 .. {model_dimension}",
-                       param="dimensions")
+        raise ApiError(
+            ErrorType.INVALID_PARAMETER,
+            f"dimensions={dimensions}: this model returns {model_dimension}; send 1 .. {model_dimension}",
+            param="dimensions",
+        )
 
 
 def finish_vectors(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:

@@ -66,10 +66,17 @@ async def load_and_warm_up(app: FastAPI, service: EmbeddingService, batcher: Dyn
         service.bare_tokens = len(embedder.tokenize([""])[0])
         warm = time.perf_counter()
         state.ready = True
-        log.info("model loaded in %.1f s, warmed up in %.1f s: serving %s / %s (dim %d, max %d tokens, "
-                 "%.0f padded tokens/s measured)", loaded - started, warm - loaded, embedder.runtime,
-                 embedder.variant, embedder.dimension, embedder.max_tokens,
-                 batcher.throughput.padded_tokens_per_s)
+        log.info(
+            "model loaded in %.1f s, warmed up in %.1f s: serving %s / %s (dim %d, max %d tokens, "
+            "%.0f padded tokens/s measured)",
+            loaded - started,
+            warm - loaded,
+            embedder.runtime,
+            embedder.variant,
+            embedder.dimension,
+            embedder.max_tokens,
+            batcher.throughput.padded_tokens_per_s,
+        )
     except Exception as exc:  # reported through /health and the exit code
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.error("model failed to load: %s; the service stays unhealthy", state.load_error)

@@ -23,8 +23,9 @@ def is_healthy(base_url: str, timeout_s: float = 2) -> bool:
         return False
 
 
-def wait_until_healthy(urls: dict[str, str], timeout_s: float, interval_s: float = 0.5, processes: dict | None = None,
-                       on_ready=None) -> None:
+def wait_until_healthy(
+    urls: dict[str, str], timeout_s: float, interval_s: float = 0.5, processes: dict | None = None, on_ready=None
+) -> None:
     """Poll every named base URL until each is healthy.
 
     Raises TimeoutError after timeout_s, or RuntimeError when one of `processes` (name -> Popen) exits first.
@@ -71,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     """Exit 0 when the service answers /health with 200: the container HEALTHCHECK and compose's healthcheck."""
     parser = argparse.ArgumentParser(prog="python -m services.common.probe", description=main.__doc__)
     parser.add_argument("--url", default=None, help="base URL (default: http://127.0.0.1:PORT)")
-    parser.add_argument("--port", default=None,
-                        help="port; default: $PORT_ENV (see --port-env), else 8000")
-    parser.add_argument("--port-env", default="ONNX_API_PORT,TORCH_API_PORT",
-                        help="comma list of environment variables to read the port from")
+    parser.add_argument("--port", default=None, help="port; default: $PORT_ENV (see --port-env), else 8000")
+    parser.add_argument(
+        "--port-env",
+        default="ONNX_API_PORT,TORCH_API_PORT",
+        help="comma list of environment variables to read the port from",
+    )
     parser.add_argument("--timeout-s", type=float, default=4)
     args = parser.parse_args(argv)
     port = args.port or next((os.environ[v] for v in args.port_env.split(",") if os.environ.get(v)), "8000")

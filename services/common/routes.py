@@ -34,22 +34,34 @@ def add_work_routes(app: FastAPI, service: EmbeddingService) -> None:
     embed_doc: dict[str, Any] = {"responses": TEI_ERRORS, "response_model": list[list[float]]}
     app.post("/embed", summary="Embed texts (text-embeddings-inference compatible)", **embed_doc)(embed)
     # huggingface_hub's InferenceClient(model=<base url>).feature_extraction posts to the root, as TEI answers.
-    app.post("/", summary="Embed texts: the same as /embed (text-embeddings-inference answers the root too)",
-             **embed_doc)(embed)
+    app.post(
+        "/", summary="Embed texts: the same as /embed (text-embeddings-inference answers the root too)", **embed_doc
+    )(embed)
 
-    @app.post("/tokenize", summary="Tokens of each text (text-embeddings-inference compatible)",
-              responses=TEI_ERRORS, response_model=list[list[SimpleToken]])
+    @app.post(
+        "/tokenize",
+        summary="Tokens of each text (text-embeddings-inference compatible)",
+        responses=TEI_ERRORS,
+        response_model=list[list[SimpleToken]],
+    )
     async def tokenize(body: TokenizeRequest, request: Request):
         return await service.tokens(request, body)
 
-    @app.post("/decode", summary="Text of token ids (text-embeddings-inference compatible)", responses=TEI_ERRORS,
-              response_model=list[str])
+    @app.post(
+        "/decode",
+        summary="Text of token ids (text-embeddings-inference compatible)",
+        responses=TEI_ERRORS,
+        response_model=list[str],
+    )
     async def decode(body: DecodeRequest):
         return await service.decode(body)
 
-    @app.post("/v1/embeddings", summary="Embed texts or token ids (OpenAI compatible)",
-              responses=openai_error_responses(400, 401, 408, 413, 422, 429, 503),
-              response_model=OpenAIEmbeddingResponse)
+    @app.post(
+        "/v1/embeddings",
+        summary="Embed texts or token ids (OpenAI compatible)",
+        responses=openai_error_responses(400, 401, 408, 413, 422, 429, 503),
+        response_model=OpenAIEmbeddingResponse,
+    )
     @with_cancellation
     async def openai_embeddings(body: OpenAIEmbeddingRequest, request: Request):
         return await service.openai_embeddings(request, body)
@@ -58,13 +70,21 @@ def add_work_routes(app: FastAPI, service: EmbeddingService) -> None:
 def add_read_routes(app: FastAPI, service: EmbeddingService, metrics: ServiceMetrics, info) -> None:
     """Discovery, health, details and metrics. info: () -> dict, what /info answers."""
 
-    @app.get("/v1/models", summary="The served model (OpenAI compatible)", response_model=OpenAIModelList,
-             responses=openai_error_responses(401))
+    @app.get(
+        "/v1/models",
+        summary="The served model (OpenAI compatible)",
+        response_model=OpenAIModelList,
+        responses=openai_error_responses(401),
+    )
     async def openai_models():
         return OpenAIModelList(data=[service.served_model()])
 
-    @app.get("/v1/models/{model_id:path}", summary="The served model by name (OpenAI compatible)",
-             response_model=OpenAIModel, responses=openai_error_responses(401, 404))
+    @app.get(
+        "/v1/models/{model_id:path}",
+        summary="The served model by name (OpenAI compatible)",
+        response_model=OpenAIModel,
+        responses=openai_error_responses(401, 404),
+    )
     async def openai_model(model_id: str):
         return service.served_model(model_id)
 

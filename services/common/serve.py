@@ -148,12 +148,19 @@ def log_start_up(settings: ServiceSettings, embedder: Embedder) -> None:
         log.warning("listening on %s without API keys: anyone who reaches it can use it", settings.host)
     choice = getattr(embedder, "choice", None)
     if choice is not None:
-        log.info("CPU: %s; artifacts built on: %s", choice.host.summary(),
-                 choice.build_host.summary() if choice.build_host else "not recorded")
+        log.info(
+            "CPU: %s; artifacts built on: %s",
+            choice.host.summary(),
+            choice.build_host.summary() if choice.build_host else "not recorded",
+        )
         for line in choice.lines():
             log.info("  candidate %s", line)
-    log.info("serving variant %s (%s) from %s", embedder.variant,
-             choice.reason if choice is not None else "as requested", embedder.artifacts_dir)
+    log.info(
+        "serving variant %s (%s) from %s",
+        embedder.variant,
+        choice.reason if choice is not None else "as requested",
+        embedder.artifacts_dir,
+    )
 
 
 def check_prompt_setting(settings: ServiceSettings, embedder: Embedder) -> None:
@@ -161,8 +168,10 @@ def check_prompt_setting(settings: ServiceSettings, embedder: Embedder) -> None:
     name = settings.default_prompt_name
     if name and name not in embedder.prompts:
         have = ", ".join(sorted(embedder.prompts)) or "none"
-        raise SettingsError(f"invalid setting: default_prompt_name (--default-prompt-name) = {name!r}: the model's "
-                            f"sentence-transformers config defines no such prompt (it has: {have})")
+        raise SettingsError(
+            f"invalid setting: default_prompt_name (--default-prompt-name) = {name!r}: the model's "
+            f"sentence-transformers config defines no such prompt (it has: {have})"
+        )
 
 
 def _fail(message: str, debug: bool) -> int:

@@ -70,8 +70,12 @@ class RequestTrace:
         context.detach(token)
 
     def child(self, name: str, started: float, ended: float, **attributes) -> None:
-        span = self._tracer.start_span(name, context=self._context, start_time=self._ns(started),
-                                       attributes={k: v for k, v in attributes.items() if v is not None})
+        span = self._tracer.start_span(
+            name,
+            context=self._context,
+            start_time=self._ns(started),
+            attributes={k: v for k, v in attributes.items() if v is not None},
+        )
         span.end(end_time=self._ns(ended))
 
     def end(self, status_code: int | None) -> None:
@@ -119,13 +123,19 @@ class Tracing:
             return NO_TRACE
         from opentelemetry.trace import SpanKind, set_span_in_context
 
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
-                   if k in (b"traceparent", b"tracestate")}
+        headers = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in scope["headers"]
+            if k in (b"traceparent", b"tracestate")
+        }
         parent = self._propagator.extract(headers)
         path = scope["path"]
-        span = self._tracer.start_span(f"{scope['method']} {path}", context=parent, kind=SpanKind.SERVER,
-                                       attributes={"http.request.method": scope["method"], "url.path": path,
-                                                   **self._attributes})
+        span = self._tracer.start_span(
+            f"{scope['method']} {path}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": scope["method"], "url.path": path, **self._attributes},
+        )
         return RequestTrace(self._tracer, span, set_span_in_context(span))
 
     def shutdown(self) -> None:

@@ -32,8 +32,10 @@ class OnnxSettings(ServiceSettings):
             # optimized offline for the CPU provider, nor int8, whose MatMulInteger is a CPU kernel).
             on_cuda = names(served_by(ONNX_API.name, "cuda"))
             if self.variant not in ("auto", *on_cuda):
-                raise ValueError(f"variant {self.variant} does not run on the CUDA provider: with device cuda "
-                                 f"use variant auto or one of {', '.join(on_cuda)}")
+                raise ValueError(
+                    f"variant {self.variant} does not run on the CUDA provider: with device cuda "
+                    f"use variant auto or one of {', '.join(on_cuda)}"
+                )
         return self
 
 
@@ -43,9 +45,11 @@ def require_cuda_provider() -> None:
 
     available = ort.get_available_providers()
     if "CUDAExecutionProvider" not in available:
-        raise SettingsError(f"device (--device / env ONNX_API_DEVICE) = 'cuda': this onnxruntime "
-                            f"{ort.__version__} has no CUDAExecutionProvider (has: {', '.join(available)}); "
-                            "install onnxruntime-gpu (the GPU image does)")
+        raise SettingsError(
+            f"device (--device / env ONNX_API_DEVICE) = 'cuda': this onnxruntime "
+            f"{ort.__version__} has no CUDAExecutionProvider (has: {', '.join(available)}); "
+            "install onnxruntime-gpu (the GPU image does)"
+        )
 
 
 class OnnxEmbedder(ArtifactEmbedder):
@@ -72,8 +76,10 @@ class OnnxEmbedder(ArtifactEmbedder):
     def _load_model(self) -> None:
         runner = self.row.load(self.artifacts_dir, self.manifest, self.threads, self.device)
         if self.device == "cuda" and "CUDAExecutionProvider" not in runner.session.get_providers():
-            raise ArtifactError("device cuda: ONNX Runtime could not start its CUDA provider (no GPU or driver, "
-                                f"or CUDA/cuDNN libraries missing) and fell back to {runner.session.get_providers()}")
+            raise ArtifactError(
+                "device cuda: ONNX Runtime could not start its CUDA provider (no GPU or driver, "
+                f"or CUDA/cuDNN libraries missing) and fell back to {runner.session.get_providers()}"
+            )
         self._runner = runner
 
     def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

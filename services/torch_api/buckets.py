@@ -21,7 +21,7 @@ DEFAULT_SEQ_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
 def parse_buckets(spec: str, max_tokens: int) -> tuple[int, ...]:
-    """"16,32,64" -> (16, 32, 64, max_tokens): sorted, capped at max_tokens, which is always the last bucket.
+    """ "16,32,64" -> (16, 32, 64, max_tokens): sorted, capped at max_tokens, which is always the last bucket.
 
     "default" is DEFAULT_SEQ_BUCKETS; "none" or "" turns bucketing off (pad to the longest row, as on CPU).
     """
@@ -49,8 +49,9 @@ def bucket_for(value: int, buckets: tuple[int, ...]) -> int:
     return buckets[index] if index < len(buckets) else value
 
 
-def warmup_shapes(seq_buckets: tuple[int, ...], batch_sizes: tuple[int, ...], max_batch_tokens: int
-                  ) -> list[tuple[int, int]]:
+def warmup_shapes(
+    seq_buckets: tuple[int, ...], batch_sizes: tuple[int, ...], max_batch_tokens: int
+) -> list[tuple[int, int]]:
     """Every (batch, length) bucket the batcher can produce, smallest first.
 
     The batcher caps a call at `max_batch_tokens` padded tokens on the real widths (one row always fits),
@@ -66,8 +67,13 @@ def warmup_shapes(seq_buckets: tuple[int, ...], batch_sizes: tuple[int, ...], ma
     return shapes
 
 
-def pad_to_bucket(input_ids: np.ndarray, attention_mask: np.ndarray, pad_id: int, seq_buckets: tuple[int, ...],
-                  batch_sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def pad_to_bucket(
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    pad_id: int,
+    seq_buckets: tuple[int, ...],
+    batch_sizes: tuple[int, ...],
+) -> tuple[np.ndarray, np.ndarray]:
     """[rows, width] -> [bucket(rows), bucket(width)]; the caller keeps the first `rows` outputs."""
     rows, width = input_ids.shape
     target_rows = bucket_for(rows, batch_sizes) if batch_sizes else rows

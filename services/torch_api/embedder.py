@@ -30,15 +30,18 @@ PRECISION_CHECK_TEXTS = [
     "Photosynthesis converts light energy into chemical energy stored in glucose, releasing oxygen.",
     "Der schnelle braune Fuchs springt über den faulen Hund. 東京は日本の首都です。",
     "Error 0x80070005: access denied while writing C:/Users/admin/AppData/Local/Temp/setup.log",
-    " ".join([
-        "The central bank raised interest rates by a quarter of a percentage point on Wednesday, citing",
-        "persistent inflation in services and a labour market that remains tighter than policymakers had",
-        "expected. Officials signalled that further increases were possible if price pressures did not ease,",
-        "although several members of the committee argued that the effects of earlier rises had yet to be",
-        "felt fully across the economy. Markets reacted calmly: government bond yields edged up, the currency",
-        "strengthened slightly against the dollar, and equity indices closed little changed after a volatile",
-        "session in which technology shares initially fell before recovering in the afternoon.",
-    ]) * 3,
+    " ".join(
+        [
+            "The central bank raised interest rates by a quarter of a percentage point on Wednesday, citing",
+            "persistent inflation in services and a labour market that remains tighter than policymakers had",
+            "expected. Officials signalled that further increases were possible if price pressures did not ease,",
+            "although several members of the committee argued that the effects of earlier rises had yet to be",
+            "felt fully across the economy. Markets reacted calmly: government bond yields edged up, the currency",
+            "strengthened slightly against the dollar, and equity indices closed little changed after a volatile",
+            "session in which technology shares initially fell before recovering in the afternoon.",
+        ]
+    )
+    * 3,
 ]
 
 
@@ -49,16 +52,18 @@ class TorchSettings(ServiceSettings):
     compile: bool = Field(True, description="torch.compile the fp32 model at start-up (warm-up compiles it)")
     device: Literal["cpu", "cuda"] = Field("cpu", description="where the model runs; cuda: the first GPU")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="weight precision (auto: fp16 on cuda, fp32 on cpu); fp16/bf16 are checked "
-        "against fp32 on the same device at start-up"
+        "auto",
+        description="weight precision (auto: fp16 on cuda, fp32 on cpu); fp16/bf16 are checked "
+        "against fp32 on the same device at start-up",
     )
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "auto", description="torch.compile mode (auto: reduce-overhead = CUDA graphs on cuda, default on cpu)"
     )
     seq_buckets: str = Field(
-        "auto", description="pad lengths to these (comma list, capped at the model's limit; 'default' = "
+        "auto",
+        description="pad lengths to these (comma list, capped at the model's limit; 'default' = "
         "16,32,64,128,256,512; 'none' = pad to the longest row) and batches to powers of two, so compile "
-        "sees a bounded set of shapes, all run at warm-up (auto: default on cuda, none on cpu)"
+        "sees a bounded set of shapes, all run at warm-up (auto: default on cuda, none on cpu)",
     )
     precision_min_cosine: float = Field(
         PARITY_MIN_COSINE, gt=0, le=1, description="start-up check: least cosine of fp16/bf16 against fp32"
@@ -69,13 +74,16 @@ class TorchSettings(ServiceSettings):
         if self.device == "cuda":
             self.use_gpu_batch_sizes()
         if self.variant not in ("auto", "torch_fp32") and (self.device == "cuda" or self.dtype in ("fp16", "bf16")):
-            raise ValueError(f"variant {self.variant} is a CPU variant of its own precision: with device "
-                             f"{self.device} and dtype {self.dtype} use variant auto or torch_fp32")
+            raise ValueError(
+                f"variant {self.variant} is a CPU variant of its own precision: with device "
+                f"{self.device} and dtype {self.dtype} use variant auto or torch_fp32"
+            )
         try:
             parse_buckets(self.seq_buckets if self.seq_buckets != "auto" else "none", 512)
         except ValueError:
-            raise ValueError(f"seq_buckets {self.seq_buckets!r}: give auto, default, none or a comma list of "
-                             "positive lengths") from None
+            raise ValueError(
+                f"seq_buckets {self.seq_buckets!r}: give auto, default, none or a comma list of positive lengths"
+            ) from None
         return self
 
     @property
@@ -101,8 +109,10 @@ def require_cuda() -> None:
 
     if not torch.cuda.is_available():
         build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-        raise SettingsError(f"device (--device / env TORCH_API_DEVICE) = 'cuda': no CUDA device here "
-                            f"(torch {torch.__version__}, {build}; torch.cuda.is_available() is false)")
+        raise SettingsError(
+            f"device (--device / env TORCH_API_DEVICE) = 'cuda': no CUDA device here "
+            f"(torch {torch.__version__}, {build}; torch.cuda.is_available() is false)"
+        )
 
 
 def dynamo_graphs_compiled() -> int:
@@ -198,7 +208,8 @@ class TorchEmbedder(ArtifactEmbedder):
             raise ArtifactError(
                 f"{self.dtype} on {self.device} ({what}) fails parity against fp32 on the same device (min cosine "
                 f"{report['min_cosine']:.4f} < {self.precision_min_cosine} on {report['texts']} texts): "
-                f"refusing to serve it; use --dtype fp32 or another dtype")
+                f"refusing to serve it; use --dtype fp32 or another dtype"
+            )
         return report
 
     def warmup(self) -> None:
@@ -222,8 +233,9 @@ class TorchEmbedder(ArtifactEmbedder):
         batch = self.tokenizer.pad(ids)
         input_ids, attention_mask = batch.input_ids, batch.attention_mask
         if self.seq_buckets:
-            input_ids, attention_mask = pad_to_bucket(input_ids, attention_mask, self.tokenizer.pad_id,
-                                                      self.seq_buckets, self.batch_buckets)
+            input_ids, attention_mask = pad_to_bucket(
+                input_ids, attention_mask, self.tokenizer.pad_id, self.seq_buckets, self.batch_buckets
+            )
         self.shapes_run.add(input_ids.shape)
         return self._forward(input_ids, attention_mask)[: len(ids)]
 
@@ -255,8 +267,11 @@ class TorchEmbedder(ArtifactEmbedder):
         if self.compile:
             out.update(compile_mode=self.compile_mode, graphs_compiled=self.graphs_compiled)
         if self.seq_buckets:
-            out.update(seq_buckets=list(self.seq_buckets), batch_buckets=list(self.batch_buckets),
-                       warmup_shapes=len(self.warmup_shapes))
+            out.update(
+                seq_buckets=list(self.seq_buckets),
+                batch_buckets=list(self.batch_buckets),
+                warmup_shapes=len(self.warmup_shapes),
+            )
         if self.precision_parity is not None:
             out.update(precision_parity=self.precision_parity, served_parity=self.served_parity)
         if self.device == "cuda":

@@ -26,8 +26,13 @@ HERE = Path(__file__).parent
 DATA = HERE.parent
 #: texts per domain in each set (parity, retrieval extra, calibration)
 TARGETS = {
-    "prose": (60, 60, 40), "questions": (60, 40, 30), "technical": (110, 330, 140), "legal": (50, 40, 25),
-    "lists": (50, 80, 40), "code": (60, 180, 60), "long": (30, 20, 15),
+    "prose": (60, 60, 40),
+    "questions": (60, 40, 30),
+    "technical": (110, 330, 140),
+    "legal": (50, 40, 25),
+    "lists": (50, 80, 40),
+    "code": (60, 180, 60),
+    "long": (30, 20, 15),
 }
 SETS = ("parity", "retrieval", "calibration")
 SHARES = (0.4, 0.4, 0.2)  # of source units, before sampling to TARGETS
@@ -102,8 +107,12 @@ def pydoc_units():
                 yield f"pydoc:{name}", kind, text, f"CPython 3.11 pydoc_data/topics.py, topic '{name}'"
         long_text = _flat(body)
         if len(long_text.split()) > 300:
-            yield f"pydoc:{name}", "long", " ".join(long_text.split()[:700]), \
-                f"CPython 3.11 pydoc_data/topics.py, topic '{name}' (first 700 words)"
+            yield (
+                f"pydoc:{name}",
+                "long",
+                " ".join(long_text.split()[:700]),
+                f"CPython 3.11 pydoc_data/topics.py, topic '{name}' (first 700 words)",
+            )
 
 
 def license_units():
@@ -115,8 +124,12 @@ def license_units():
         # whole sections beyond the model's limit (truncated when embedded)
         words = " ".join(paragraphs).split()
         for start in range(0, len(words) - 450, 900):
-            yield f"license:{path.name}:long{start}", "long", " ".join(words[start:start + 600]), \
-                f"{path.name} (sources/), 600 words"
+            yield (
+                f"license:{path.name}:long{start}",
+                "long",
+                " ".join(words[start : start + 600]),
+                f"{path.name} (sources/), 600 words",
+            )
 
 
 def written_units():
@@ -124,10 +137,10 @@ def written_units():
         for i, line in enumerate((HERE / "sources" / f"{name}.txt").read_text(encoding="utf-8").splitlines()):
             if line.strip():
                 yield f"written:{name}:{i}", kind, line.strip(), f"written for this project (sources/{name}.txt)"
-    for line in ((DATA / "sentences.txt").read_text(encoding="utf-8").splitlines()):
+    for line in (DATA / "sentences.txt").read_text(encoding="utf-8").splitlines():
         if line.strip():  # the project's original parity texts stay parity texts
             yield "parity-fixed", "prose", line.strip(), "written for this project (../sentences.txt)"
-    for line in ((DATA / "calibration.txt").read_text(encoding="utf-8").splitlines()):
+    for line in (DATA / "calibration.txt").read_text(encoding="utf-8").splitlines():
         if line.strip():
             yield "calibration-fixed", "prose", line.strip(), "written for this project (../calibration.txt)"
 
@@ -169,11 +182,17 @@ def main() -> None:
             rows += chosen
         with (HERE / f"{which}.jsonl").open("w", encoding="utf-8") as fh:
             for row in rows:
-                fh.write(json.dumps({"text": row["text"], "domain": row["domain"], "source": row["source"]},
-                                    ensure_ascii=False) + "\n")
+                fh.write(
+                    json.dumps(
+                        {"text": row["text"], "domain": row["domain"], "source": row["source"]}, ensure_ascii=False
+                    )
+                    + "\n"
+                )
         tokens = sorted(r["tokens"] for r in rows)
-        print(f"{which}: {len(rows)} texts, tokens min {tokens[0]} median {tokens[len(tokens) // 2]} "
-              f"max {tokens[-1]}, over 384: {sum(t > 384 for t in tokens)}")
+        print(
+            f"{which}: {len(rows)} texts, tokens min {tokens[0]} median {tokens[len(tokens) // 2]} "
+            f"max {tokens[-1]}, over 384: {sum(t > 384 for t in tokens)}"
+        )
 
 
 if __name__ == "__main__":

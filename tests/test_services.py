@@ -266,6 +266,8 @@ def test_refuses_to_start_on_a_bad_artifact(minilm_artifacts, tmp_path, damage):
     manifest = json.loads((copy / "manifest.json").read_text())
     served = OnnxEmbedder(OnnxSettings(artifacts_dir=copy)).variant  # what auto would serve here
     target = copy / manifest["artifacts"][served]["path"]
+    if target.is_dir():  # a variant stored as a folder (OpenVINO's .xml + .bin): damage its largest file
+        target = max((f for f in target.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
     args = []
     if damage == "corrupt":
         target.write_bytes(target.read_bytes()[:-10] + b"0123456789")

@@ -224,7 +224,7 @@ class Admission:
 
     def raw_wait_s(self) -> float:
         """The calls now running plus the queued work, uncorrected."""
-        running = max(0.0, self._running_until - self.clock()) if self._running_until else 0.0
+        running = max(0.0, self._running_until - self.clock()) if self._running_until is not None else 0.0
         calls = self.throughput.calls_for(self.backlog.queued_texts, self.max_batch_size)
         return running + self.throughput.seconds_for(self.backlog.queued_tokens, calls)
 

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import functools
 import time
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from typing import cast
 
@@ -70,15 +69,31 @@ def with_cancellation(handler):
         gone_task = asyncio.ensure_future(_client_gone(request.receive))
         try:
             await asyncio.wait({handler_task, gone_task}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server cancels the request (shutdown): its handler goes with it
+            handler_task.cancel()
+            raise
         finally:
             gone_task.cancel()
-            if not handler_task.done():
-                handler_task.cancel()
-        with suppress(asyncio.CancelledError):
-            return await handler_task
+            if gone_task.done() and not gone_task.cancelled():
+                gone_task.exception()  # retrieved, so a failed receive is not logged as never retrieved
+        if handler_task.done():
+            return handler_task.result()
+        handler_task.cancel()
+        await asyncio.wait({handler_task})  # never raises: its clean-up (dropping queued texts) has run
         return CLIENT_GONE
 
     return run_until_gone
+
+
+async def _in_thread(fn, *args):
+    """asyncio.to_thread whose cancellation waits for the thread (which cannot be stopped): a gone client's
+    tokenizing keeps its request's in-flight slot until it is done, so the in-flight limit still bounds it."""
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait({future})
+        raise
 
 
 def trace_of(request: Request):
@@ -184,7 +199,7 @@ class EmbeddingService:
         """
         texts = self.checked_texts(inputs, allow_empty=openai, openai=openai)
         started = time.perf_counter()
-        ids = await asyncio.to_thread(self.embedder.tokenize, [prompt + text for text in texts])
+        ids = await _in_thread(self.embedder.tokenize, [prompt + text for text in texts])
         trace_of(request).child("tokenize", started, time.perf_counter(), **{"embedding.texts": len(ids)})
         if not openai:
             bare = len(self.embedder.tokenize([prompt])[0]) if prompt else self.bare_tokens
@@ -323,7 +338,7 @@ class EmbeddingService:
         prompt = self.prompt(body.prompt_name)
         texts = [prompt + text for text in self.checked_texts(body.inputs, allow_empty=True)]
         started = time.perf_counter()
-        rows = await asyncio.to_thread(self.embedder.tokens, texts, body.add_special_tokens)
+        rows = await _in_thread(self.embedder.tokens, texts, body.add_special_tokens)
         trace_of(request).child("tokenize", started, time.perf_counter(), **{"embedding.texts": len(texts)})
         return JSONResponse([[asdict(token) for token in row] for row in rows])
 

@@ -67,8 +67,8 @@ def add_work_routes(app: FastAPI, service: EmbeddingService) -> None:
         return await service.openai_embeddings(request, body)
 
 
-def add_read_routes(app: FastAPI, service: EmbeddingService, metrics: ServiceMetrics, info) -> None:
-    """Discovery, health, details and metrics. info: () -> dict, what /info answers."""
+def add_read_routes(app: FastAPI, service: EmbeddingService, metrics: ServiceMetrics, details) -> None:
+    """Discovery, health, details and metrics. details: () -> dict, what /info answers."""
 
     @app.get(
         "/v1/models",
@@ -94,8 +94,8 @@ def add_read_routes(app: FastAPI, service: EmbeddingService, metrics: ServiceMet
         return {"status": "ok", "variant": service.embedder.variant}
 
     @app.get("/info", responses=error_responses(401))
-    async def details():
-        return info()
+    async def info():  # the name is the OpenAPI operation's (info_info_get)
+        return details()
 
     @app.get("/metrics", summary="Prometheus metrics", responses=error_responses(401))
     async def prometheus_metrics():

@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variant",
         default="auto",
-        help="ONNX variant; auto = the ONNX service's choice: the fastest that passes parity",
+        help="ONNX variant; auto = the ONNX service's choice (runtime.selection)",
     )
     p.add_argument("--text-column", default="text", help="column / field holding the text (default: text)")
     p.add_argument(

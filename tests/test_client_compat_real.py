@@ -10,40 +10,27 @@ import numpy as np
 import pytest
 
 from runtime.manifest import Manifest
-from services.catalog import SERVICES as CATALOG
 from services.common.app import create_app
 from services.common.embedder import read_prompts
 from services.onnx_api.embedder import OnnxEmbedder, OnnxSettings
 
-from .compat_helpers import seed_tiktoken_cache, serving
+from .compat_helpers import (
+    DOCUMENTS,
+    SERVICE_NAMES,
+    min_cosine,
+    real_service,
+    seed_tiktoken_cache,
+    serving,
+    tei_vectors,
+)
 
 pytestmark = pytest.mark.slow
 
-# short name -> (settings class, embedder class, settings for a short in-process run), from services/catalog.py
-SERVICES = {row.short: (*row.classes(), row.in_process_settings) for row in CATALOG.values()}
-DOCUMENTS = [
-    "The food was delicious and the waiter was friendly.",
-    "Photosynthesis converts light energy into chemical energy stored in glucose.",
-    "Wie komme ich zum Bahnhof? Straße, café, naïve résumé.",
-    "emoji 🍕🚀 and CJK 東京 text",
-]
 
-
-@pytest.fixture(scope="module", params=list(SERVICES))
+@pytest.fixture(scope="module", params=SERVICE_NAMES)
 def base(request, minilm_artifacts):
-    settings_cls, embedder_cls, extra = SERVICES[request.param]
-    settings = settings_cls(artifacts_dir=minilm_artifacts, threads=1, served_model_name="minilm", **extra)
-    with serving(create_app(settings, embedder_cls(settings)), timeout_s=300) as url:
+    with real_service(request.param, minilm_artifacts) as url:
         yield url
-
-
-def tei_vectors(base: str, texts: list[str]) -> np.ndarray:
-    return np.asarray(httpx.post(f"{base}/embed", json={"inputs": texts}, timeout=60).json())
-
-
-def min_cosine(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
 def test_langchain_openai_embeddings_defaults_match_embed(base, tmp_path, monkeypatch):

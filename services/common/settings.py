@@ -22,7 +22,10 @@ class ServiceSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8000, ge=1, le=65535, description="port to bind")
     threads: int | None = Field(None, ge=1, description="CPU threads for the model (default: all cores)")
-    variant: str = Field("auto", description="artifact variant; auto = fastest that passes parity")
+    variant: str = Field(
+        "auto",
+        description="artifact variant; auto = the most faithful of the fastest passing the gate (docs/artifacts.md)",
+    )
     max_client_batch_size: int = Field(64, ge=1, description="most inputs one request may carry (413 above)")
     max_batch_size: int = Field(32, ge=1, description="most texts per model call")
     max_batch_tokens: int = Field(16384, ge=1, description="most padded tokens per model call")

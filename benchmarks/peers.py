@@ -242,6 +242,13 @@ def measure_fidelity(paths: dict[str, Contender], corpus: list[str], n_parity: i
     }
 
 
+# Pause before each timed call: the in-process paths share one process, and an engine's threads keep spinning for
+# a while after a call returns (ONNX Runtime's intra-op pool, OpenMP). Measured on the Zen 4 reference:
+# openvino_bf16, one sentence, 10.6 ms alone, 17.7 ms right after an onnx_optimized call, 11.9 ms 0.3 s after it.
+# A service owns its process, so each path is timed from a quiet start.
+SETTLE_S = 0.3
+
+
 def measure_speed(paths: dict[str, Contender], cases: dict[str, list[str]], rounds: int) -> dict[str, dict]:
     """Median ms per path and input over interleaved rounds; each path times itself (see Embed)."""
     samples: dict[str, dict[str, list[float]]] = {name: {case: [] for case in cases} for name in paths}
@@ -251,6 +258,7 @@ def measure_speed(paths: dict[str, Contender], cases: dict[str, list[str]], roun
     for _ in range(rounds):
         for case, texts in cases.items():
             for name, path in paths.items():
+                time.sleep(SETTLE_S)
                 _, ms = path.embed(texts, False)
                 samples[name][case].append(ms)
     return {name: {case: statistics.median(s) for case, s in by_case.items()} for name, by_case in samples.items()}

@@ -42,24 +42,15 @@ from runtime.pooling import normalize_rows
 from runtime.similarity import MIN_TOP10_AGREEMENT, PARITY_MIN_COSINE, fidelity_report
 
 from .inputs import build_inputs
+from .peer_worker import VERSIONED
 
 # texts, whether the vectors are wanted -> (vectors or None, milliseconds): in-process paths are timed here with
 # perf_counter, worker paths report the time of encode() inside the worker.
 Embed = Callable[[list[str], bool], tuple[np.ndarray | None, float]]
 REFERENCE = "onnx_optimized"
 WORKER = Path(__file__).with_name("peer_worker.py")
-# What a sentence-transformers row depends on, recorded with it (the worker reports the same names).
-ST_PACKAGES = (
-    "sentence-transformers",
-    "optimum-intel",
-    "optimum",
-    "optimum-onnx",
-    "openvino",
-    "onnxruntime",
-    "transformers",
-    "torch",
-    "numpy",
-)
+# What a sentence-transformers row depends on, recorded with it: the names the worker reports.
+ST_PACKAGES = VERSIONED
 ST_BACKENDS = (("sentence-transformers openvino (defaults)", "openvino"), ("sentence-transformers onnx", "onnx"))
 
 

@@ -92,6 +92,7 @@ async def _post_many(base: str, count: int, body: dict, headers: dict | None = N
         )
 
 
+@pytest.mark.slow  # a real process and seconds of model delay: the slow lane keeps test-fast under a minute
 def test_sigterm_drains_admitted_requests_then_exits_0():
     # 6 requests x 0.4 s per model call, one text per call: about 2.4 s of admitted work at SIGTERM.
     with fake_service("--max-batch-size", "1", "--max-wait-ms", "0", "--shutdown-grace-s", "20", delay_s=0.4) as (
@@ -116,6 +117,7 @@ def test_sigterm_drains_admitted_requests_then_exits_0():
         assert process.wait(timeout=20) == 0
 
 
+@pytest.mark.slow  # a real process and seconds of model delay: the slow lane keeps test-fast under a minute
 def test_requests_cut_off_at_the_grace_deadline_get_a_503_json():
     with fake_service("--max-batch-size", "1", "--max-wait-ms", "0", "--shutdown-grace-s", "1", delay_s=0.5) as (
         base,
@@ -264,6 +266,7 @@ def test_hostile_bodies_get_4xx_json(body, status, error_type):
         assert {"400", "401", "413", "422", "429", "503"} <= set(schema)
 
 
+@pytest.mark.slow  # a real process and seconds of model delay: the slow lane keeps test-fast under a minute
 def test_a_client_that_hangs_up_while_queued_has_its_texts_dropped():
     """with_cancellation: on both embedding routes, a gone client's queued texts never reach the model."""
     import threading

@@ -5,6 +5,7 @@ with plain text on the wire and with LangChain's defaults (cl100k_base ids, whic
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 from langchain_openai import OpenAIEmbeddings
@@ -54,6 +55,12 @@ async def test_llama_index_tei_async_matches_embed(base):
     assert np.isclose(np.linalg.norm(await embed.aget_query_embedding(DOCUMENTS[3])), 1.0, atol=1e-4)
 
 
+def no_keep_alive() -> httpx.AsyncClient:
+    """The async client's connections close with each answer: a pooled one left for garbage collection would be
+    closed on an event loop anyio has already closed ("Event loop is closed" in a later test)."""
+    return httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0))
+
+
 class TestOpenAIEmbeddingsStandard(EmbeddingsIntegrationTests):
     """langchain-tests' standard suite: OpenAIEmbeddings sending the texts (check_embedding_ctx_length=False)."""
 
@@ -72,6 +79,7 @@ class TestOpenAIEmbeddingsStandard(EmbeddingsIntegrationTests):
             "base_url": f"{self.base_url}/v1",
             "api_key": "unused",
             "check_embedding_ctx_length": False,
+            "http_async_client": no_keep_alive(),
         }
 
 
@@ -85,4 +93,4 @@ class TestOpenAIEmbeddingsStandardDefaults(TestOpenAIEmbeddingsStandard):
 
     @property
     def embedding_model_params(self) -> dict:
-        return {"base_url": f"{self.base_url}/v1", "api_key": "unused"}
+        return {"base_url": f"{self.base_url}/v1", "api_key": "unused", "http_async_client": no_keep_alive()}

@@ -118,6 +118,17 @@ loadtest: setup
 	$(PY) -m loadtest.report --artifacts $(LOADTEST_ARTIFACTS) $(if $(TORCH_URL),--torch-url $(TORCH_URL)) \
 		$(if $(ONNX_URL),--onnx-url $(ONNX_URL)) $(LOADTEST_ARGS)
 
+# One service under many-shape traffic (16 clients, texts of 30-1,200 characters) for SOAK_S seconds: RSS over
+# time, its slope, throughput, statuses, into results/soak/<service>-<variant>/ (loadtest/soak.py).
+SOAK_SERVICE ?= onnx_api
+SOAK_VARIANT ?= auto
+SOAK_S ?= 1800
+SOAK_ARGS ?=
+.PHONY: soak
+soak: artifacts
+	$(PY) -m loadtest.soak --service $(SOAK_SERVICE) --variant $(SOAK_VARIANT) --duration-s $(SOAK_S) \
+		--threads $(THREADS) --artifacts artifacts/all-mpnet-base-v2 $(SOAK_ARGS)
+
 # The compose stack on this machine (installs/starts Docker if needed, host networking), checked and torn down.
 docker-e2e: setup
 	bash scripts/docker_e2e.sh

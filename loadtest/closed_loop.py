@@ -35,11 +35,16 @@ async def closed_loop(
     dimension: int,
     seed: int = 0,
     server_time_header: str = "x-total-time",
+    body: dict | None = None,
+    sink: list[Answer] | None = None,
 ) -> list[Answer]:
-    """Run the load for warmup_s + duration_s; return the answers received in the last duration_s."""
+    """Run the load for warmup_s + duration_s; return the answers received in the last duration_s.
+
+    `body`: more fields of every request; `sink`: a list that receives every answer as it arrives (for a
+    caller that watches the run while it goes)."""
     import httpx
 
-    answers: list[Answer] = []
+    answers: list[Answer] = [] if sink is None else sink
     t0 = time.perf_counter()
     window = (t0 + warmup_s, t0 + warmup_s + duration_s)
 
@@ -49,7 +54,7 @@ async def closed_loop(
             texts = draw_texts(rng)
             started = time.perf_counter()
             try:
-                response = await client.post("/embed", json={"inputs": texts})
+                response = await client.post("/embed", json={"inputs": texts, **(body or {})})
                 status = response.status_code
             except Exception as exc:  # a transport failure is an outcome too
                 response, status = None, type(exc).__name__

@@ -6,7 +6,10 @@
 #  3. build the three images; bring the stack up with the offline all-mpnet-base-v2 model;
 #  4. check parity of both /embed, measure image sizes and 100 sequential requests per service
 #     (scripts/docker_e2e_check.py writes results/docker-e2e.json);
-#  5. tear down what it started: the stack and volumes, and dockerd (by pid) if it started it.
+#  5. memory-capped soak: each service in its container, capped at compose's mem_limit (its Kubernetes limit),
+#     under 64 clients (4x the 16 that saturate it) sending texts of many lengths for DOCKER_SOAK_S seconds
+#     (default 180): no OOM kill, no restart, only 200 and 429 (loadtest/soak.py, results/docker-soak/);
+#  6. tear down what it started: the stack and volumes, and dockerd (by pid) if it started it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -100,3 +103,17 @@ compose up -d --no-build
 "$PY" scripts/docker_e2e_check.py --torch-url http://127.0.0.1:8001 --onnx-url http://127.0.0.1:8002 \
     --locust-url http://127.0.0.1:8089 --model models/all-mpnet-base-v2 --requests 100 --out results/docker-e2e.json \
     --images torch_api=embedding-lab/torch-api:latest onnx_api=embedding-lab/onnx-api:latest
+
+log "memory-capped soak: 64 clients of many-shape texts per service, ${DOCKER_SOAK_S:-180} s each"
+for SERVICE in onnx_api torch_api; do
+    PORT=$("$PY" -c "from services.catalog import SERVICES; print(SERVICES['$SERVICE'].port)")
+    "$PY" -m loadtest.soak --url "http://127.0.0.1:$PORT" --service "$SERVICE" --clients 64 \
+        --duration-s "${DOCKER_SOAK_S:-180}" --sample-s 10 --fail-on-errors --out "results/docker-soak/$SERVICE"
+    CONTAINER=$(compose ps -q "$SERVICE")
+    read -r LIMIT OOM RESTARTS STATUS < <(docker inspect -f \
+        '{{.HostConfig.Memory}} {{.State.OOMKilled}} {{.RestartCount}} {{.State.Status}}' "$CONTAINER")
+    echo "$SERVICE container: memory limit $((LIMIT / 1048576)) MiB, OOMKilled $OOM, restarts $RESTARTS, $STATUS"
+    if [ "$LIMIT" -le 0 ] || [ "$OOM" != false ] || [ "$RESTARTS" != 0 ] || [ "$STATUS" != running ]; then
+        echo "memory-capped soak failed for $SERVICE"; exit 1
+    fi
+done

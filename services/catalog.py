@@ -22,6 +22,10 @@ class Service:
     runtime_packages: tuple[str, ...]  # versions /info reports next to the HTTP stack's
     port: int  # default port (settings, Dockerfile, compose, k8s)
     locust_user: str  # the user class loadtest/locustfile.py defines for it
+    # Memory limit of one 2-thread replica serving MPNet-base (compose's mem_limit, the Kubernetes limit, the Ray
+    # reservation): the highest steady-state RSS measured under many shapes among the variants it may serve, plus
+    # a margin of at least 25% (docs/serving.md, "Memory"; benchmarks/reference/zen4/memory).
+    memory_limit_mib: int = 0
     # Settings for a short in-process run (the load test's ceiling, tests): compiling takes minutes on a few cores.
     in_process_settings: dict = field(default_factory=dict)
 
@@ -61,9 +65,19 @@ TORCH_API = Service(
     ("torch", "transformers"),
     8001,
     "TorchApiUser",
+    memory_limit_mib=2048,
     in_process_settings={"compile": False},
 )
-ONNX_API = Service("onnx_api", "onnx", "OnnxSettings", "OnnxEmbedder", ("onnxruntime", "openvino"), 8002, "OnnxApiUser")
+ONNX_API = Service(
+    "onnx_api",
+    "onnx",
+    "OnnxSettings",
+    "OnnxEmbedder",
+    ("onnxruntime", "openvino"),
+    8002,
+    "OnnxApiUser",
+    memory_limit_mib=1792,
+)
 #: by name, in the order reports list them
 SERVICES = {s.name: s for s in (TORCH_API, ONNX_API)}
 

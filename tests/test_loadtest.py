@@ -80,3 +80,37 @@ def test_report_users_back_off_on_429_and_nothing_fails(minilm_artifacts, tmp_pa
     assert "429 share" in report and "| onnx_api |" in report and "serving efficiency" in report
     for chart in ("throughput.png", "latency.png"):
         assert (out / chart).stat().st_size > 1000
+
+
+def test_a_short_soak_reports_memory_over_time_and_every_answer(minilm_artifacts, tmp_path):
+    from loadtest import soak
+
+    out = tmp_path / "soak"
+    assert (
+        soak.main(
+            [
+                "--artifacts",
+                str(minilm_artifacts),
+                "--threads",
+                "1",
+                "--clients",
+                "4",
+                "--duration-s",
+                "12",
+                "--sample-s",
+                "2",
+                "--service-arg=--malloc-trim-interval-s=0.5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    result = json.loads((out / "soak.json").read_text())
+    assert len(result["samples"]) >= 6 and all(s["rss_mb"] > 50 for s in result["samples"])
+    load = result["load"]
+    assert load["goodput_texts_per_s"] > 0 and set(load["statuses"]) <= {"200", "429"}, load["statuses"]
+    settings = result["service_memory"]
+    assert settings["malloc_trim_interval_s"] == 0.5 and settings["engine_cache_capacity"] == 256
+    assert settings["rss_after_warmup_mb"] > 50 and settings["heap_trims"] > 0
+    assert "slope, second half" in (out / "soak.md").read_text() and (out / "rss.png").stat().st_size > 1000

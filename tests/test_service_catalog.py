@@ -75,3 +75,18 @@ def test_locust_users_are_the_tables():
     assert listed == [row.locust_user for row in ROWS]
     # The Locust image runs locustfile.py alone: it must carry the table.
     assert "services/catalog.py" in (REPO / "loadtest" / "Dockerfile").read_text()
+
+
+def test_memory_limits_are_the_tables_in_compose_and_kubernetes():
+    """One measured figure per service (services/catalog.py) caps its container everywhere it is deployed."""
+    from .test_deploy_k8s import K8S
+
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]
+    for row in SERVICES.values():
+        assert row.memory_limit_mib > 0, row.name
+        assert compose[row.name]["mem_limit"] == f"{row.memory_limit_mib}m", row.name
+        documents = yaml.safe_load_all((K8S / "base" / f"{row.k8s_name}.yaml").read_text())
+        deployment = next(d for d in documents if d["kind"] == "Deployment")
+        container = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == row.k8s_name)
+        resources = container["resources"]
+        assert resources["limits"]["memory"] == resources["requests"]["memory"] == f"{row.memory_limit_mib}Mi"

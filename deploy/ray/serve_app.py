@@ -51,6 +51,12 @@ class AppArgs(BaseModel):
     artifacts_dir: str = Field("artifacts/all-mpnet-base-v2", description="from build_artifacts")
     threads: int = Field(1, ge=1, description="model threads per replica = CPUs it reserves")
     num_replicas: int | None = Field(None, ge=1, description="fixed replica count (default: autoscaling_config)")
+    memory_mb: int | None = Field(
+        None,
+        ge=1,
+        description="memory a replica reserves, so Ray places no more replicas than a node holds: its measured "
+        "steady-state RSS with a margin (docs/serving.md, 'Memory'); None reserves none",
+    )
     settings: dict[str, Any] = Field(default_factory=dict, description="any other service setting (max_wait_ms...)")
 
 
@@ -174,7 +180,10 @@ def make_app(args: dict[str, Any] | AppArgs, **deployment_options) -> serve.Appl
     args = args if isinstance(args, AppArgs) else AppArgs(**args)
     service_classes(args.service)  # fail here, in the driver, on a wrong service name
     settings = {**args.settings, "artifacts_dir": resolve(args.artifacts_dir), "threads": args.threads}
-    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": args.threads}, **deployment_options}
+    actor: dict[str, Any] = {"num_cpus": args.threads}
+    if args.memory_mb:
+        actor["memory"] = args.memory_mb * 2**20
+    options: dict[str, Any] = {"ray_actor_options": actor, **deployment_options}
     if args.num_replicas is not None:
         options["num_replicas"] = args.num_replicas
     return EmbeddingReplica.options(**options).bind(args.service, settings)

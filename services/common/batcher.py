@@ -101,8 +101,10 @@ class DynamicBatcher:
         max_wait_ms: float = 5.0,
         max_queue_wait_ms: float = 30_000.0,
         clock: Callable[[], float] = time.perf_counter,
+        after_call: Callable[[], None] | None = None,
     ):
         self._run_batch = run_batch
+        self._after_call = after_call
         self._metrics = metrics
         self._clock = clock
         self.max_batch_size = max_batch_size
@@ -339,7 +341,10 @@ class DynamicBatcher:
     def _timed_run(self, rows: list[list[int]]) -> tuple[np.ndarray, float]:
         started = self._clock()
         vectors = self._run_batch(rows)
-        return vectors, self._clock() - started
+        seconds = self._clock() - started
+        if self._after_call is not None:  # in the model thread, between calls, outside the call's timing
+            self._after_call()
+        return vectors, seconds
 
     def _observe(
         self, token_ids: list[list[int]], seconds: float, model_seconds: float | None = None, backlogged: bool = False

@@ -13,6 +13,7 @@ import numpy as np
 from runtime.batching import padding_efficient_groups
 from runtime.manifest import ArtifactError, Manifest
 from runtime.measure_here import HostMeasurements
+from runtime.memory import HeapTrimmer, MemoryBounds
 from runtime.pooling import normalize_rows
 from runtime.selection import Choice, choose
 from runtime.tokenization import TextTokenizer
@@ -103,6 +104,14 @@ class Embedder(ABC):
         """Exactly one model call on these rows (the batcher owns batch shape); default: embed_ids."""
         return self.embed_ids(ids)
 
+    def release_memory(self) -> None:
+        """Between model calls, in the model's thread: hand freed memory back (runtime.memory). Default: nothing."""
+        return None
+
+    def memory_info(self) -> dict:
+        """How this embedder bounds its memory, for /info."""
+        return {}
+
     def truncate_left(self, ids: list[int]) -> list[int]:
         """Keep the end of a text: the opening special token and the last max_tokens - 1 ids (the closing one
         among them), mirroring `truncate`, which keeps the beginning and the closing token."""
@@ -153,7 +162,12 @@ class ArtifactEmbedder(Embedder):
         threads: int | None = None,
         device: str = "cpu",
         allowed: tuple[str, ...] | None = None,
+        memory: MemoryBounds | None = None,
     ):
+        # before any engine runs here (the choice may time variants): oneDNN reads its cache capacity once
+        self.memory = memory or MemoryBounds()
+        self.memory.apply()
+        self._trimmer = HeapTrimmer(self.memory.trim_interval_s)
         self.artifacts_dir = Path(artifacts_dir)
         self.manifest = Manifest.load(self.artifacts_dir)
         self.threads = threads
@@ -229,6 +243,12 @@ class ArtifactEmbedder(Embedder):
             if bad is not None:
                 raise ValueError(f"{bad} is not a token id of this model (0 .. {size - 1})")
         return self._hf_tokenizer.decode_batch(ids, skip_special_tokens=skip_special_tokens)
+
+    def release_memory(self) -> None:
+        self._trimmer.maybe_trim()
+
+    def memory_info(self) -> dict:
+        return {**self.memory.to_dict(), "heap_trims": self._trimmer.trims}
 
     @abstractmethod
     def _load_model(self) -> None: ...

@@ -16,6 +16,8 @@ from typing import cast
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from runtime.memory import resident_mb
+
 from .admission import Overloaded
 from .batcher import BatchResult, DynamicBatcher, Job, ShuttingDown
 from .embedder import Embedder
@@ -47,6 +49,7 @@ class ServingState:
     draining: bool = False
     in_flight: int = 0
     batcher: DynamicBatcher | None = None
+    rss_after_warmup_mb: float | None = None
 
 
 async def _client_gone(receive) -> None:
@@ -392,6 +395,11 @@ class EmbeddingService:
                 ),
                 "prompts": sorted(self.embedder.prompts),
                 "default_prompt_name": self.default_prompt_name,
+            },
+            "memory": {
+                **self.embedder.memory_info(),
+                "rss_mb": resident_mb(),
+                "rss_after_warmup_mb": state.rss_after_warmup_mb,
             },
             "tracing": tracing_enabled,
         }

@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from runtime.memory import resident_mb
+
 from .batcher import DynamicBatcher, ShuttingDown
 from .handling import EmbeddingService, ServingState
 from .metrics import ServiceMetrics
@@ -40,6 +42,7 @@ def lifespan_for(settings: ServiceSettings, service: EmbeddingService, metrics: 
             max_batch_tokens=settings.max_batch_tokens,
             max_wait_ms=settings.max_wait_ms,
             max_queue_wait_ms=settings.max_queue_wait_ms,
+            after_call=service.embedder.release_memory,
         )
         service.state.batcher = app.state.batcher = batcher
         batcher.start()
@@ -64,11 +67,13 @@ async def load_and_warm_up(app: FastAPI, service: EmbeddingService, batcher: Dyn
         await asyncio.to_thread(embedder.warmup)
         await asyncio.to_thread(batcher.calibrate, embedder.tokenize(CALIBRATION_TEXTS))
         service.bare_tokens = len(embedder.tokenize([""])[0])
+        embedder.release_memory()
+        state.rss_after_warmup_mb = resident_mb()
         warm = time.perf_counter()
         state.ready = True
         log.info(
             "model loaded in %.1f s, warmed up in %.1f s: serving %s / %s (dim %d, max %d tokens, "
-            "%.0f padded tokens/s measured)",
+            "%.0f padded tokens/s measured; RSS %s MB)",
             loaded - started,
             warm - loaded,
             embedder.runtime,
@@ -76,6 +81,7 @@ async def load_and_warm_up(app: FastAPI, service: EmbeddingService, batcher: Dyn
             embedder.dimension,
             embedder.max_tokens,
             batcher.throughput.padded_tokens_per_s,
+            state.rss_after_warmup_mb,
         )
     except Exception as exc:  # reported through /health and the exit code
         state.load_error = f"{type(exc).__name__}: {exc}"

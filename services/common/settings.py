@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.memory import DEFAULT_CACHE_CAPACITY, DEFAULT_TRIM_INTERVAL_S, MemoryBounds
+
 # A GPU wants bigger calls than a CPU: on an H200, MPNet-base fp16 runs b32 in ~6.5 ms and b128 in ~29 ms
 # (benchmarks/reference/gpu-h200), so up to 128 texts / 64k padded tokens (128 x 512) per call.
 GPU_MAX_BATCH_SIZE = 128
@@ -39,6 +41,18 @@ class ServiceSettings(BaseSettings):
     )
     max_concurrent_requests: int = Field(
         512, ge=1, description="most embedding requests in flight (429 above), as text-embeddings-inference"
+    )
+    engine_cache_capacity: int = Field(
+        DEFAULT_CACHE_CAPACITY,
+        ge=0,
+        description="entries in each engine's cache of per-shape kernels (OpenVINO's CPU runtime cache, oneDNN's "
+        "primitive cache, ideep's): bounds memory under traffic of many shapes; 0 caches nothing (slower)",
+    )
+    malloc_trim_interval_s: float = Field(
+        DEFAULT_TRIM_INTERVAL_S,
+        ge=0,
+        description="hand freed heap back to the system (glibc malloc_trim) at most this often, between model "
+        "calls; 0: never",
     )
     max_payload_bytes: int = Field(2_000_000, ge=1024, description="largest request body (413 above)")
     shutdown_grace_s: float = Field(
@@ -120,6 +134,9 @@ class ServiceSettings(BaseSettings):
             self.max_batch_size = GPU_MAX_BATCH_SIZE
         if "max_batch_tokens" not in self.model_fields_set:
             self.max_batch_tokens = GPU_MAX_BATCH_TOKENS
+
+    def memory_bounds(self) -> MemoryBounds:
+        return MemoryBounds(self.engine_cache_capacity, self.malloc_trim_interval_s)
 
     @property
     def api_key_list(self) -> list[str]:

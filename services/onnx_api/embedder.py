@@ -59,7 +59,9 @@ class OnnxEmbedder(ArtifactEmbedder):
         self.device = settings.device
         if self.device == "cuda":
             require_cuda_provider()
-        super().__init__(settings.artifacts_dir, settings.variant, settings.threads, self.device)
+        super().__init__(
+            settings.artifacts_dir, settings.variant, settings.threads, self.device, memory=settings.memory_bounds()
+        )
         self._runner: Any = None  # the variant row's runner (ONNX Runtime or OpenVINO), set at load
 
     def verify(self) -> None:

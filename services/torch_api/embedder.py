@@ -132,7 +132,14 @@ class TorchEmbedder(ArtifactEmbedder):
             require_cuda()
         # A dtype cast at load (fp16/bf16 on cuda, checked at start-up) starts from the fp32 weights.
         allowed = ("torch_fp32",) if self.device == "cuda" or self.dtype != "fp32" else None
-        super().__init__(settings.artifacts_dir, settings.variant, settings.threads, self.device, allowed)
+        super().__init__(
+            settings.artifacts_dir,
+            settings.variant,
+            settings.threads,
+            self.device,
+            allowed,
+            memory=settings.memory_bounds(),
+        )
         self.compile = settings.compile and self.variant == "torch_fp32"
         self.compile_mode = settings.resolved_compile_mode
         self.seq_buckets = parse_buckets(settings.resolved_seq_buckets, self.max_tokens)

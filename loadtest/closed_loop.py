@@ -76,7 +76,7 @@ async def closed_loop(
 
 
 def summarize(answers: list[Answer], clients: int, duration_s: float) -> dict:
-    """Goodput (texts in valid 200s per second), p50/p95 of the 200s, 429 share, other failures, and the
+    """Goodput (texts in valid 200s per second), p50/p95/p99 of the 200s, 429 share, other failures, and the
     median time spent outside the service's own timing (HTTP, proxies, routing)."""
     ok = [a for a in answers if a.status == 200]
     latencies = sorted((a.ended - a.started) * 1000 for a in ok)
@@ -96,6 +96,7 @@ def summarize(answers: list[Answer], clients: int, duration_s: float) -> dict:
         "requests_per_s": round(len(ok) / duration_s, 2),
         "p50_ms": pct(0.50),
         "p95_ms": pct(0.95),
+        "p99_ms": pct(0.99),
         "share_429": round(sum(a.status == 429 for a in answers) / max(len(answers), 1), 4),
         "other_failures": len(other),
         "other_failure_examples": sorted({str(s) for s in other})[:5],

@@ -132,8 +132,6 @@ async def soak(base_url: str, clients: int, duration_s: float, sample_s: float, 
     for answer in load:
         statuses[str(answer.status)] = statuses.get(str(answer.status), 0) + 1
     summary = summarize(load, clients, duration_s)
-    latencies = sorted((a.ended - a.started) * 1000 for a in load if a.status == 200)
-    summary["p99_ms"] = round(latencies[int(0.99 * (len(latencies) - 1))], 1) if latencies else None
     return {
         "load": {**summary, "statuses": statuses},
         "memory": memory_summary(samples, duration_s),

@@ -5,8 +5,10 @@ kernels to per-shape caches that hold hundreds of shapes by default: OpenVINO's 
 oneDNN's primitive cache (1,024, in OpenVINO's and in torch's oneDNN alike) and ideep's (torch, 1,024). Each new
 shape cost about 0.9 MB, so RSS climbed for as long as new shapes came. Capped caches stop that climb; what is left
 is glibc keeping freed activation buffers in its heap (torch bf16: +1.3 GB at a plateau), which `malloc_trim`
-hands back to the system. Capacity 0 (no cache) cost 15% of throughput, a fixed mmap threshold 35%, while 256
-entries and a trim at most once a second cost nothing measurable. jemalloc aborted in OpenVINO (double free).
+hands back to the system. Capacity 0 (no cache) cost 15% of throughput, a fixed mmap threshold 35%; 256 entries
+and a trim at most once a second cost nothing measurable on fixed shapes nor in OpenVINO under many shapes, but
+11-19% of torch's throughput under many shapes (its primitives are costly to remake: a larger capacity buys that
+back for memory). jemalloc aborted in OpenVINO (double free).
 """
 
 from __future__ import annotations
